@@ -1,0 +1,43 @@
+# Set-up and everyday commands. Everything runs from the project's own .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build of torch: install it first, or diffusers pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv up down demo test lint typecheck check clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -c constraints.txt -e '.[worker,stack,dev]'
+	touch $(STAMP)
+
+up: venv
+	$(BIN)/ssd-img2img stack up
+
+down:
+	@if test -x $(BIN)/ssd-img2img; then $(BIN)/ssd-img2img stack down; fi
+
+demo: venv
+	$(BIN)/ssd-img2img demo --out out
+
+test: venv
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean: down
+	rm -rf .stack out

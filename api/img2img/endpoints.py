@@ -1,0 +1,126 @@
+"""Segmind's `ssd-img2img` endpoints: v2 (queue) submit, status and result."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep
+from api.errors import ApiError
+from api.img2img import service
+from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
+from common import jobs
+from common.models import Job, JobStatus
+from common.settings import Settings
+from common.tasks import enqueue_job
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["ssd-img2img"])
+
+ERRORS = {
+    400: {"description": "Invalid request: the message names the field."},
+    401: {"description": "Missing or invalid API key."},
+    406: {"description": "Not enough credits."},
+}
+
+
+def _base_url(request: Request, settings: Settings) -> str:
+    return (settings.public_base_url or str(request.base_url)).rstrip("/")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _load(session: SessionDep, account: CurrentAccount, request_id: str) -> Job:
+    try:
+        job_id = uuid.UUID(request_id)
+    except ValueError:
+        raise ApiError(404, "request not found") from None
+    # Scoped to the caller: another tenant's job is indistinguishable from a missing one.
+    job = jobs.get_job(session, job_id, account_id=account.id)
+    if job is None:
+        raise ApiError(404, "request not found")
+    return job
+
+
+@router.post("/v2/ssd-img2img", response_model=SubmitResponse, responses=ERRORS)
+def submit_v2(
+    body: Img2ImgRequest,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StorageDep,
+    account: CurrentAccount,
+) -> SubmitResponse:
+    job, balance = service.submit(session, store, settings, account, body)
+    session.commit()
+    # Enqueue only after the commit: the worker must find the row. If this fails the
+    # job stays QUEUED in PostgreSQL, the source of truth, to be dispatched again.
+    try:
+        enqueue_job(str(job.id))
+    except Exception:
+        logger.exception("could not enqueue job %s; it stays QUEUED", job.id)
+    response.headers["x-remaining-credits"] = str(balance)
+    base = _base_url(request, settings)
+    status_url = f"{base}/v2/requests/{job.id}/status"
+    return SubmitResponse(
+        request_id=str(job.id),
+        status=JobStatus.QUEUED.value,
+        status_url=status_url,
+        response_url=f"{base}/v2/requests/{job.id}",
+        poll_url=status_url,
+    )
+
+
+@router.get(
+    "/v2/requests/{request_id}/status",
+    response_model=StatusResponse,
+    responses={**ERRORS, 404: {"description": "Unknown request."}, 422: {"description": "FAILED."}},
+)
+def get_status(request_id: str, session: SessionDep, account: CurrentAccount) -> JSONResponse:
+    job = _load(session, account, request_id)
+    body = StatusResponse(
+        request_id=str(job.id),
+        status=job.status.value,
+        queue_position=jobs.queue_position(session, job),
+        error=job.error,
+        created_at=job.created_at.isoformat(),
+        started_at=_iso(job.started_at),
+        finished_at=_iso(job.finished_at),
+    )
+    return _json(body.model_dump(), job, account.balance)
+
+
+@router.get(
+    "/v2/requests/{request_id}",
+    response_model=ResultResponse,
+    responses={**ERRORS, 404: {"description": "Unknown request."}, 422: {"description": "FAILED."}},
+)
+def get_result(
+    request_id: str, session: SessionDep, store: StorageDep, account: CurrentAccount
+) -> JSONResponse:
+    job = _load(session, account, request_id)
+    output = None
+    if job.status == JobStatus.COMPLETED:
+        output = [store.presigned_get_url(key) for key in job.output_keys]
+    body = ResultResponse(
+        request_id=str(job.id),
+        status=job.status.value,
+        output=output,
+        seed=job.seed,
+        error=job.error,
+        metrics=job.metrics or {},
+    )
+    return _json(body.model_dump(), job, account.balance)
+
+
+def _json(body: dict[str, object], job: Job, balance: int) -> JSONResponse:
+    # Segmind serves a FAILED request with 422 on both URLs; its SDK reads the body.
+    status_code = 422 if job.status == JobStatus.FAILED else 200
+    return JSONResponse(body, status_code=status_code, headers={"x-remaining-credits": str(balance)})

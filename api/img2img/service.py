@@ -1,0 +1,79 @@
+"""Submitting and reading img2img jobs. Never commits: the endpoint does, then enqueues."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError
+from api.images import ImageError, decode_base64, prepare
+from api.img2img.schemas import MAX_SEED, Img2ImgRequest
+from common import credits, storage
+from common.models import Account, Job, JobStatus
+from common.settings import Settings
+from common.storage import Storage
+
+
+def _check_request(req: Img2ImgRequest, settings: Settings) -> None:
+    if len(req.prompt) > settings.max_prompt_chars:
+        raise ApiError(400, f"prompt: longer than {settings.max_prompt_chars} characters")
+    if req.negative_prompt and len(req.negative_prompt) > settings.max_prompt_chars:
+        raise ApiError(400, f"negative_prompt: longer than {settings.max_prompt_chars} characters")
+    if int(req.num_inference_steps * req.strength) == 0:
+        raise ApiError(
+            400,
+            "strength: too low for num_inference_steps; "
+            "int(num_inference_steps * strength) must be at least 1",
+        )
+    if req.image.startswith(("http://", "https://")):
+        raise ApiError(400, "image: URLs are not supported yet; send the image as base64")
+
+
+def submit(
+    session: Session, store: Storage, settings: Settings, account: Account, req: Img2ImgRequest
+) -> tuple[Job, int]:
+    """Validate, store the input, insert the job and debit its cost. Returns (job, balance).
+
+    Everything that can refuse the request runs before the debit, so a refused request
+    costs nothing. The input object is written before the commit: if the commit fails,
+    an unreferenced object is left for retention to delete, never a job without input.
+    """
+    _check_request(req, settings)
+    try:
+        raw = decode_base64(req.image, settings.max_image_bytes)
+        image = prepare(raw, max_pixels=settings.max_image_pixels, max_side=settings.max_output_side)
+    except ImageError as exc:
+        raise ApiError(400, str(exc)) from exc
+
+    cost = credits.job_cost(req.samples, req.num_inference_steps)
+    if account.balance < cost:  # cheap early refusal; the debit below is the real check
+        raise ApiError(406, str(credits.InsufficientCredits(cost, account.balance)))
+
+    job_id = uuid.uuid4()
+    seed = req.seed if req.seed != -1 else secrets.randbelow(MAX_SEED - 4)
+    params: dict[str, Any] = req.model_dump(exclude={"image", "base64", "seed"})
+    params.update(width=image.width, height=image.height)
+    key = storage.input_key(account.id, job_id)
+    store.put(key, image.png, "image/png")
+
+    job = Job(
+        id=job_id,
+        account_id=account.id,
+        status=JobStatus.QUEUED,
+        params=params,
+        seed=seed,
+        cost=cost,
+        input_key=key,
+        output_keys=[],
+        metrics={},
+    )
+    session.add(job)
+    session.flush()
+    try:
+        balance = credits.debit_for_job(session, account.id, job_id, cost)
+    except credits.InsufficientCredits as exc:
+        raise ApiError(406, str(exc)) from exc
+    return job, balance

@@ -1,0 +1,118 @@
+"""`ssd-img2img`: the operator's command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from cli import stack as local_stack
+from common import accounts
+from common.db import session_scope
+
+
+@click.group()
+def main() -> None:
+    """Operate an ssd-img2img service."""
+
+
+@main.group("accounts")
+def accounts_group() -> None:
+    """Tenant accounts and their API keys."""
+
+
+@accounts_group.command("create")
+@click.option("--name", default="default", show_default=True, help="Account name.")
+@click.option("--credits", "initial_credits", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print {id, api_key} as JSON.")
+def accounts_create(name: str, initial_credits: int, as_json: bool) -> None:
+    """Create an account with a first API key (shown once)."""
+    with session_scope() as session:
+        account = accounts.create_account(session, name, initial_credits)
+        key = accounts.create_api_key(session, account.id, name="default")
+        account_id = str(account.id)
+    if as_json:
+        click.echo(json.dumps({"id": account_id, "api_key": key.raw}))
+    else:
+        click.echo(f"account {account_id} ({name}) with {initial_credits} credits")
+        click.echo(f"api key (shown once): {key.raw}")
+
+
+@main.group("model")
+def model_group() -> None:
+    """Model weights."""
+
+
+@model_group.command("make-tiny")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+def model_make_tiny(directory: Path, seed: int) -> None:
+    """Build a tiny random-weight SDXL-architecture pipeline for tests and demos."""
+    try:
+        from worker.tiny_model import make_tiny_pipeline  # needs the [worker] extra
+    except ImportError as exc:
+        raise click.ClickException(f"install the worker extra first: {exc}") from exc
+    path = make_tiny_pipeline(directory, seed=seed)
+    click.echo(str(path))
+
+
+@main.group("storage")
+def storage_group() -> None:
+    """Object storage."""
+
+
+@storage_group.command("ensure-bucket")
+def storage_ensure_bucket() -> None:
+    """Create the configured bucket if it does not exist."""
+    from common.storage import get_storage
+
+    store = get_storage()
+    store.ensure_bucket()
+    click.echo(f"bucket {store.bucket} is ready")
+
+
+@main.group("stack")
+def stack_group() -> None:
+    """The embedded local stack (PostgreSQL, Redis, SeaweedFS, API, worker)."""
+
+
+@stack_group.command("up")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True)
+@click.option("--api-port", default=8000, show_default=True)
+def stack_up(state_dir: Path, api_port: int) -> None:
+    """Start everything and return once it is healthy."""
+    try:
+        env = local_stack.up(state_dir, api_port=api_port)
+    except local_stack.StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"stack is up: API {env['API_URL']}; settings in {state_dir / 'env'}")
+
+
+@stack_group.command("down")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True)
+def stack_down(state_dir: Path) -> None:
+    """Stop everything `stack up` started."""
+    local_stack.down(state_dir)
+    click.echo("stack is down")
+
+
+@main.command("demo")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--keep-up", is_flag=True, help="Leave the stack running afterwards.")
+def demo(state_dir: Path, out_dir: Path, keep_up: bool) -> None:
+    """Start the stack, send one img2img job through the HTTP API, save the JPEGs."""
+    from cli.demo import run_demo
+
+    try:
+        paths = run_demo(state_dir, out_dir, keep_up=keep_up)
+    except local_stack.StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for path in paths:
+        click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

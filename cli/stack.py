@@ -1,0 +1,158 @@
+"""The embedded local stack: real PostgreSQL, Redis and SeaweedFS from pip packages,
+plus the API and one worker on the tiny model, all on loopback, without Docker.
+
+`up` writes `<state>/env` (sourceable) and returns once the API answers and the worker
+consumes; `down` stops everything by PID, also from another process.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from common.devstack.ports import port_is_free
+from common.devstack.process import (
+    log_path,
+    log_tail,
+    pidfile_path,
+    pidfile_process_alive,
+    start_process,
+    stop_pidfile,
+)
+from common.devstack.stack import Services, start_services, stop_services
+
+ROOT = Path(__file__).resolve().parent.parent
+API = "api"
+WORKER = "worker"
+READY_FILE = "worker.ready"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def service_env(services: Services, api_url: str, model_dir: Path) -> dict[str, str]:
+    """Settings of the API and worker, as environment variables (see common.settings)."""
+    return {
+        "DATABASE_URL": services.database_url,
+        "REDIS_URL": services.redis_url,
+        "S3_ENDPOINT_URL": services.s3_endpoint_url,
+        "S3_BUCKET": services.s3_bucket,
+        "S3_REGION": "us-east-1",
+        "S3_ACCESS_KEY_ID": services.s3_access_key,
+        "S3_SECRET_ACCESS_KEY": services.s3_secret_key,
+        "API_URL": api_url,
+        "PUBLIC_BASE_URL": api_url,
+        "MODEL_ID": str(model_dir.resolve()),
+        "MODEL_DEVICE": "cpu",
+    }
+
+
+def write_env_file(path: Path, env: Mapping[str, str]) -> None:
+    lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    path.write_text("# Written by `ssd-img2img stack up`; source it.\n" + "\n".join(lines) + "\n")
+    path.chmod(0o600)  # holds the S3 secret
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = shlex.split(value)[0] if value else ""
+    return env
+
+
+def _run(argv: list[str], env: Mapping[str, str], what: str) -> None:
+    result = subprocess.run(argv, env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"{what} failed:\n{result.stdout}{result.stderr}")
+
+
+def migrate(env: Mapping[str, str]) -> None:
+    _run([sys.executable, "-m", "alembic", "upgrade", "head"], env, "migrations")
+
+
+def ensure_tiny_model(model_dir: Path) -> None:
+    if (model_dir / "model_index.json").exists():
+        return
+    _run(
+        [sys.executable, "-m", "cli.main", "model", "make-tiny", str(model_dir)],
+        {},
+        "building the tiny model",
+    )
+
+
+def start_api(state_dir: Path, env: Mapping[str, str], port: int) -> None:
+    argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--no-access-log"]
+    start_process(API, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
+
+
+def start_worker(state_dir: Path, env: Mapping[str, str], name: str = WORKER) -> Path:
+    ready = state_dir / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "worker", "--ready-file", str(ready)]
+    start_process(name, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
+    return ready
+
+
+def wait_healthy(state_dir: Path, api_url: str, ready_files: list[Path], timeout: float = 120) -> None:
+    """Until the API answers /health and each worker has signalled it consumes."""
+    deadline = time.monotonic() + timeout
+    names = [API] + [f.name.removesuffix(".ready") for f in ready_files]
+    while True:
+        for name in names:
+            if pidfile_process_alive(pidfile_path(state_dir, name)) is None:
+                raise StackError(f"{name} exited:\n{log_tail(log_path(state_dir, name))}")
+        api_ok = False
+        try:
+            api_ok = httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            pass
+        if api_ok and all(f.exists() for f in ready_files):
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"the stack was not healthy within {timeout:.0f}s; logs in {state_dir}/logs")
+        time.sleep(0.2)
+
+
+def up(state_dir: Path, api_port: int = 8000) -> dict[str, str]:
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env_file = state_dir / "env"
+    if env_file.exists() and pidfile_process_alive(pidfile_path(state_dir, API)):
+        return read_env_file(env_file)  # already up
+    if not port_is_free(api_port):
+        raise StackError(f"port {api_port} is in use: stop what listens there or pass --api-port")
+    try:
+        services = start_services(state_dir)
+        api_url = f"http://127.0.0.1:{api_port}"
+        env = service_env(services, api_url, state_dir / "models" / "tiny")
+        write_env_file(env_file, env)
+        migrate(env)
+        ensure_tiny_model(Path(env["MODEL_ID"]))
+        start_api(state_dir, env, api_port)
+        ready = start_worker(state_dir, env)
+        wait_healthy(state_dir, api_url, [ready])
+    except BaseException:
+        down(state_dir)
+        raise
+    return env
+
+
+def down(state_dir: Path) -> None:
+    state_dir = state_dir.resolve()
+    pids = state_dir / "pids"
+    # Workers and the API first, so nothing talks to services that are going away.
+    for pidfile in sorted(pids.glob("*.pid")) if pids.exists() else []:
+        if pidfile.stem == API or pidfile.stem.startswith(WORKER):
+            stop_pidfile(pidfile, timeout=30)
+    stop_services(state_dir)

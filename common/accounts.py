@@ -1,0 +1,58 @@
+"""Accounts and API keys. Functions here never commit: the caller's scope does."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common import credits
+from common.models import Account, AccountStatus, ApiKey
+
+KEY_PREFIX = "sk_"
+_PREFIX_CHARS = 11  # "sk_" + 8 characters: enough to tell keys apart, useless to guess
+
+
+def hash_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    """A key as created: `raw` is shown exactly once and never stored."""
+
+    key: ApiKey
+    raw: str
+
+
+def create_account(session: Session, name: str, initial_credits: int = 0) -> Account:
+    account = Account(name=name, balance=0, status=AccountStatus.ACTIVE)
+    session.add(account)
+    session.flush()
+    if initial_credits:
+        credits.grant(session, account.id, initial_credits, note="initial credits")
+    return account
+
+
+def create_api_key(session: Session, account_id: uuid.UUID, name: str | None = None) -> NewApiKey:
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(account_id=account_id, name=name, prefix=raw[:_PREFIX_CHARS], key_hash=hash_key(raw))
+    session.add(key)
+    session.flush()
+    return NewApiKey(key=key, raw=raw)
+
+
+def authenticate(session: Session, raw_key: str) -> Account | None:
+    """The active account owning this unrevoked key, or None."""
+    row = session.execute(
+        select(Account)
+        .join(ApiKey, ApiKey.account_id == Account.id)
+        .where(ApiKey.key_hash == hash_key(raw_key), ApiKey.revoked_at.is_(None))
+    ).scalar_one_or_none()
+    if row is None or row.status != AccountStatus.ACTIVE:
+        return None
+    return row

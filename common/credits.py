@@ -1,0 +1,84 @@
+"""The credit ledger. Every balance change is a ledger row plus the matching update of
+`accounts.balance`, in the caller's transaction, so the two never disagree."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from common.models import Account, CreditLedgerEntry, Job, LedgerReason
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, cost: int, balance: int) -> None:
+        super().__init__(f"not enough credits: this request costs {cost}, the balance is {balance}")
+        self.cost = cost
+        self.balance = balance
+
+
+def job_cost(samples: int, num_inference_steps: int) -> int:
+    return samples * num_inference_steps
+
+
+def grant(session: Session, account_id: uuid.UUID, amount: int, note: str | None = None) -> int:
+    if amount <= 0:
+        raise ValueError("a grant must be positive")
+    balance = session.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(balance=Account.balance + amount)
+        .returning(Account.balance)
+    ).scalar_one()
+    session.add(
+        CreditLedgerEntry(account_id=account_id, amount=amount, reason=LedgerReason.GRANT, note=note)
+    )
+    return balance
+
+
+def debit_for_job(session: Session, account_id: uuid.UUID, job_id: uuid.UUID, cost: int) -> int:
+    """Charge a job; returns the new balance or raises InsufficientCredits.
+
+    One conditional UPDATE: concurrent debits serialise on the account row and none
+    can take the balance below zero.
+    """
+    balance = session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.balance >= cost)
+        .values(balance=Account.balance - cost)
+        .returning(Account.balance)
+    ).scalar_one_or_none()
+    if balance is None:
+        current = session.execute(select(Account.balance).where(Account.id == account_id)).scalar_one()
+        raise InsufficientCredits(cost, current)
+    session.add(
+        CreditLedgerEntry(
+            account_id=account_id, job_id=job_id, amount=-cost, reason=LedgerReason.JOB_DEBIT
+        )
+    )
+    return balance
+
+
+def refund_job(session: Session, job: Job) -> bool:
+    """Refund a job's cost exactly once (a unique index backs this); True if refunded now."""
+    inserted = session.execute(
+        insert(CreditLedgerEntry)
+        .values(
+            account_id=job.account_id,
+            job_id=job.id,
+            amount=job.cost,
+            reason=LedgerReason.JOB_REFUND,
+        )
+        .on_conflict_do_nothing(
+            index_elements=["job_id", "reason"], index_where=CreditLedgerEntry.job_id.isnot(None)
+        )
+        .returning(CreditLedgerEntry.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        return False
+    session.execute(
+        update(Account).where(Account.id == job.account_id).values(balance=Account.balance + job.cost)
+    )
+    return True

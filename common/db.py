@@ -1,0 +1,45 @@
+"""Engine and session handling shared by the API, the worker and the CLI.
+
+Services (the `*_service` functions) never commit: the request, task or command that
+opened the session does, so one unit of work is one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.settings import get_settings
+
+
+@lru_cache
+def get_engine(url: str | None = None) -> Engine:
+    return create_engine(
+        url or get_settings().database_url,
+        pool_pre_ping=True,  # survive PostgreSQL restarts without a failed request
+        pool_size=10,
+        max_overflow=20,
+    )
+
+
+@lru_cache
+def get_session_factory(url: str | None = None) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """One transaction: committed when the block ends normally, rolled back otherwise."""
+    session = get_session_factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

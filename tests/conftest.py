@@ -1,0 +1,86 @@
+"""Session fixtures: real PostgreSQL, Redis and SeaweedFS on loopback, the real API
+(uvicorn) and a real Celery worker process on the tiny model, started for the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli import stack
+from common.devstack.ports import free_port
+from common.devstack.stack import start_services
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Stack:
+    state_dir: Path
+    env: dict[str, str]
+
+    @property
+    def api_url(self) -> str:
+        return self.env["API_URL"]
+
+    def cli(self, *args: str) -> str:
+        """Run `ssd-img2img ARGS` against this stack; returns stdout."""
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            env={**os.environ, **self.env},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def create_account(self, credits: int = 1000, name: str = "test") -> tuple[str, str]:
+        """A new account; returns (account id, api key)."""
+        data = json.loads(self.cli("accounts", "create", "--name", name, "--credits", str(credits), "--json"))
+        return data["id"], data["api_key"]
+
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        headers = {"x-api-key": api_key} if api_key else {}
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    stack.ensure_tiny_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def services_env(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """PostgreSQL, Redis and S3 running and migrated; the settings as environment."""
+    state_dir = tmp_path_factory.mktemp("stack")
+    try:
+        services = start_services(state_dir, fast=True)
+        env = stack.service_env(services, f"http://127.0.0.1:{free_port()}", tiny_model_dir)
+        stack.migrate(env)
+        # In-process code (direct database checks) reads the same settings.
+        os.environ.update(env)
+        yield state_dir, env
+    finally:
+        stack.down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def live_stack(services_env: tuple[Path, dict[str, str]]) -> Stack:
+    """The API and one worker, as separate processes, on top of the services."""
+    state_dir, env = services_env
+    port = int(env["API_URL"].rsplit(":", 1)[1])
+    stack.start_api(state_dir, env, port)
+    ready = stack.start_worker(state_dir, env)
+    stack.wait_healthy(state_dir, env["API_URL"], [ready], timeout=180)
+    return Stack(state_dir=state_dir, env=env)

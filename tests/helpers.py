@@ -1,0 +1,46 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from typing import Any
+
+import httpx
+from PIL import Image
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def image_b64(width: int = 96, height: int = 80, fmt: str = "PNG", color: tuple[int, int, int] = (200, 40, 90)) -> str:
+    img = Image.new("RGB", (width, height), color)
+    for x in range(0, width, 8):  # some structure, so the encoder sees edges
+        img.putpixel((x, x % height), (255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def job_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "image": image_b64(),
+        "prompt": "a red square in the style of a watercolor",
+        "samples": 1,
+        "num_inference_steps": 20,
+        "strength": 0.3,
+        "scheduler": "Euler",
+        "seed": 7,
+    }
+    body.update(overrides)
+    return body
+
+
+def wait_terminal(client: httpx.Client, status_url: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = client.get(status_url).json()
+        if body["status"] in TERMINAL:
+            return body
+        assert time.monotonic() < deadline, f"job still {body['status']} after {timeout}s"
+        time.sleep(0.1)

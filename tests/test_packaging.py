@@ -1,0 +1,43 @@
+"""Deployment files: the compose stack validates against the Compose specification and
+describes the same services as the local stack; the worker fails fast without a model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def test_compose_file_is_valid() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+         str(ROOT / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_describes_the_stack() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "redis", "s3", "migrate", "api", "worker"} <= set(services)
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert "gpu" in gpu["capabilities"]
+    assert "alembic upgrade head" in " ".join(services["migrate"]["command"])
+
+
+def test_worker_without_model_stops_with_instructions(tmp_path: Path) -> None:
+    env = {**os.environ, "MODEL_ID": str(tmp_path / "no-such-model"), "MODEL_DEVICE": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2
+    assert "MODEL_ID" in result.stderr
+    assert "make-tiny" in result.stderr
