@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Response
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
@@ -30,9 +30,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
+def set_remaining_credits(request: Request, balance: int) -> None:
+    """Recorded on the request; a middleware puts it on every authenticated response,
+    error responses included."""
+    request.state.remaining_credits = balance
+
+
 def current_account(
     session: SessionDep,
-    response: Response,
+    request: Request,
     x_api_key: Annotated[str | None, Header(description="Your API key.")] = None,
 ) -> Account:
     if not x_api_key:
@@ -40,7 +46,7 @@ def current_account(
     account = accounts.authenticate(session, x_api_key)
     if account is None:
         raise ApiError(401, "invalid API key")
-    response.headers["x-remaining-credits"] = str(account.balance)
+    set_remaining_credits(request, account.balance)
     return account
 
 

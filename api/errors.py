@@ -22,7 +22,9 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def error_response(status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status_code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status_code, headers=headers)
 
 
@@ -49,7 +51,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         messages = {404: "not found", 405: "method not allowed"}
-        message = exc.detail if isinstance(exc.detail, str) else messages.get(exc.status_code, "error")
+        message = (
+            exc.detail if isinstance(exc.detail, str) else messages.get(exc.status_code, "error")
+        )
         if exc.status_code in messages and exc.detail in ("Not Found", "Method Not Allowed"):
             message = messages[exc.status_code]
         return error_response(exc.status_code, message, getattr(exc, "headers", None))

@@ -62,7 +62,7 @@ def prepare(raw: bytes, *, max_pixels: int, max_side: int) -> PreparedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))  # reads the header only
+            img: Image.Image = Image.open(io.BytesIO(raw))  # reads the header only
     except UnidentifiedImageError as exc:
         raise ImageError("image: not a JPEG, PNG or WebP image") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

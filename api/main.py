@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
 from sqlalchemy import text
 
 from api.deps import SessionDep
@@ -17,6 +19,17 @@ def create_app() -> FastAPI:
         description="Segmind-compatible image-to-image API for SSD-1B.",
     )
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def remaining_credits_header(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        balance = getattr(request.state, "remaining_credits", None)
+        if balance is not None:
+            response.headers["x-remaining-credits"] = str(balance)
+        return response
+
     app.include_router(img2img_router)
 
     @app.get("/health", tags=["ops"])

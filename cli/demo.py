@@ -26,7 +26,10 @@ def sample_image(size: int = 256) -> bytes:
         shade = int(120 + 100 * y / size)
         draw.line([(0, y), (size, y)], fill=(70, shade, 230))
     draw.ellipse([size * 0.6, size * 0.1, size * 0.85, size * 0.35], fill=(250, 210, 60))
-    draw.polygon([(0, size), (0, size * 0.7), (size * 0.4, size * 0.5), (size, size * 0.75), (size, size)], fill=(40, 140, 60))
+    draw.polygon(
+        [(0, size), (0, size * 0.7), (size * 0.4, size * 0.5), (size, size * 0.75), (size, size)],
+        fill=(40, 140, 60),
+    )
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=92)
     return buf.getvalue()
@@ -34,8 +37,18 @@ def sample_image(size: int = 256) -> bytes:
 
 def create_account(env: dict[str, str], credits: int) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "cli.main", "accounts", "create", "--name", "demo"]
-        + ["--credits", str(credits), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "accounts",
+            "create",
+            "--name",
+            "demo",
+            "--credits",
+            str(credits),
+            "--json",
+        ],
         env={**os.environ, **env},
         cwd=stack.ROOT,
         check=True,
@@ -45,7 +58,9 @@ def create_account(env: dict[str, str], credits: int) -> str:
     return str(json.loads(out)["api_key"])
 
 
-def submit_and_wait(api_url: str, api_key: str, body: dict[str, object], timeout: float = 300) -> dict:
+def submit_and_wait(
+    api_url: str, api_key: str, body: dict[str, object], timeout: float = 300
+) -> dict:
     headers = {"x-api-key": api_key}
     with httpx.Client(base_url=api_url, headers=headers, timeout=30) as client:
         submitted = client.post("/v2/ssd-img2img", json=body)

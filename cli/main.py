@@ -25,7 +25,9 @@ def accounts_group() -> None:
 
 @accounts_group.command("create")
 @click.option("--name", default="default", show_default=True, help="Account name.")
-@click.option("--credits", "initial_credits", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option(
+    "--credits", "initial_credits", type=click.IntRange(min=0), default=0, show_default=True
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {id, api_key} as JSON.")
 def accounts_create(name: str, initial_credits: int, as_json: bool) -> None:
     """Create an account with a first API key (shown once)."""
@@ -79,7 +81,9 @@ def stack_group() -> None:
 
 
 @stack_group.command("up")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True)
+@click.option(
+    "--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True
+)
 @click.option("--api-port", default=8000, show_default=True)
 def stack_up(state_dir: Path, api_port: int) -> None:
     """Start everything and return once it is healthy."""
@@ -91,7 +95,9 @@ def stack_up(state_dir: Path, api_port: int) -> None:
 
 
 @stack_group.command("down")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True)
+@click.option(
+    "--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True
+)
 def stack_down(state_dir: Path) -> None:
     """Stop everything `stack up` started."""
     local_stack.down(state_dir)
@@ -99,8 +105,12 @@ def stack_down(state_dir: Path) -> None:
 
 
 @main.command("demo")
-@click.option("--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True)
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option(
+    "--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True
+)
 @click.option("--keep-up", is_flag=True, help="Leave the stack running afterwards.")
 def demo(state_dir: Path, out_dir: Path, keep_up: bool) -> None:
     """Start the stack, send one img2img job through the HTTP API, save the JPEGs."""

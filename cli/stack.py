@@ -7,6 +7,7 @@ consumes; `down` stops everything by PID, also from another process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -71,7 +72,9 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def _run(argv: list[str], env: Mapping[str, str], what: str) -> None:
-    result = subprocess.run(argv, env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        argv, env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise StackError(f"{what} failed:\n{result.stdout}{result.stderr}")
 
@@ -104,7 +107,9 @@ def start_worker(state_dir: Path, env: Mapping[str, str], name: str = WORKER) ->
     return ready
 
 
-def wait_healthy(state_dir: Path, api_url: str, ready_files: list[Path], timeout: float = 120) -> None:
+def wait_healthy(
+    state_dir: Path, api_url: str, ready_files: list[Path], timeout: float = 120
+) -> None:
     """Until the API answers /health and each worker has signalled it consumes."""
     deadline = time.monotonic() + timeout
     names = [API] + [f.name.removesuffix(".ready") for f in ready_files]
@@ -113,14 +118,14 @@ def wait_healthy(state_dir: Path, api_url: str, ready_files: list[Path], timeout
             if pidfile_process_alive(pidfile_path(state_dir, name)) is None:
                 raise StackError(f"{name} exited:\n{log_tail(log_path(state_dir, name))}")
         api_ok = False
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             api_ok = httpx.get(f"{api_url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            pass
         if api_ok and all(f.exists() for f in ready_files):
             return
         if time.monotonic() > deadline:
-            raise StackError(f"the stack was not healthy within {timeout:.0f}s; logs in {state_dir}/logs")
+            raise StackError(
+                f"the stack was not healthy within {timeout:.0f}s; logs in {state_dir}/logs"
+            )
         time.sleep(0.2)
 
 

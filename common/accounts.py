@@ -40,7 +40,9 @@ def create_account(session: Session, name: str, initial_credits: int = 0) -> Acc
 
 def create_api_key(session: Session, account_id: uuid.UUID, name: str | None = None) -> NewApiKey:
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(account_id=account_id, name=name, prefix=raw[:_PREFIX_CHARS], key_hash=hash_key(raw))
+    key = ApiKey(
+        account_id=account_id, name=name, prefix=raw[:_PREFIX_CHARS], key_hash=hash_key(raw)
+    )
     session.add(key)
     session.flush()
     return NewApiKey(key=key, raw=raw)

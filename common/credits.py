@@ -33,7 +33,9 @@ def grant(session: Session, account_id: uuid.UUID, amount: int, note: str | None
         .returning(Account.balance)
     ).scalar_one()
     session.add(
-        CreditLedgerEntry(account_id=account_id, amount=amount, reason=LedgerReason.GRANT, note=note)
+        CreditLedgerEntry(
+            account_id=account_id, amount=amount, reason=LedgerReason.GRANT, note=note
+        )
     )
     return balance
 
@@ -51,7 +53,9 @@ def debit_for_job(session: Session, account_id: uuid.UUID, job_id: uuid.UUID, co
         .returning(Account.balance)
     ).scalar_one_or_none()
     if balance is None:
-        current = session.execute(select(Account.balance).where(Account.id == account_id)).scalar_one()
+        current = session.execute(
+            select(Account.balance).where(Account.id == account_id)
+        ).scalar_one()
         raise InsufficientCredits(cost, current)
     session.add(
         CreditLedgerEntry(
@@ -79,6 +83,8 @@ def refund_job(session: Session, job: Job) -> bool:
     if inserted is None:
         return False
     session.execute(
-        update(Account).where(Account.id == job.account_id).values(balance=Account.balance + job.cost)
+        update(Account)
+        .where(Account.id == job.account_id)
+        .values(balance=Account.balance + job.cost)
     )
     return True

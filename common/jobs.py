@@ -69,12 +69,19 @@ def complete(
     return result is not None
 
 
-def fail(session: Session, job_id: uuid.UUID, error: str, metrics: dict[str, Any] | None = None) -> bool:
+def fail(
+    session: Session, job_id: uuid.UUID, error: str, metrics: dict[str, Any] | None = None
+) -> bool:
     """Any non-terminal state -> FAILED, refunding the job's credits exactly once."""
     job = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING]))
-        .values(status=JobStatus.FAILED, error=error[:2000], finished_at=func.now(), metrics=metrics or {})
+        .values(
+            status=JobStatus.FAILED,
+            error=error[:2000],
+            finished_at=func.now(),
+            metrics=metrics or {},
+        )
         .returning(Job)
     ).scalar_one_or_none()
     if job is None:

@@ -52,7 +52,9 @@ class Storage:
         # Presigned URLs embed the host they were signed for, so sign with the
         # endpoint clients can reach.
         public = settings.s3_public_endpoint_url or settings.s3_endpoint_url
-        self._public_s3 = self._s3 if public == settings.s3_endpoint_url else _client(settings, public)
+        self._public_s3 = (
+            self._s3 if public == settings.s3_endpoint_url else _client(settings, public)
+        )
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)

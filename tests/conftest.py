@@ -16,7 +16,7 @@ import pytest
 
 from cli import stack
 from common.devstack.ports import free_port
-from common.devstack.stack import start_services
+from common.devstack.stack import purge_state, start_services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,9 @@ class Stack:
 
     def create_account(self, credits: int = 1000, name: str = "test") -> tuple[str, str]:
         """A new account; returns (account id, api key)."""
-        data = json.loads(self.cli("accounts", "create", "--name", name, "--credits", str(credits), "--json"))
+        data = json.loads(
+            self.cli("accounts", "create", "--name", name, "--credits", str(credits), "--json")
+        )
         return data["id"], data["api_key"]
 
     def client(self, api_key: str | None = None) -> httpx.Client:
@@ -61,7 +63,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def services_env(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+def services_env(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> Iterator[tuple[Path, dict[str, str]]]:
     """PostgreSQL, Redis and S3 running and migrated; the settings as environment."""
     state_dir = tmp_path_factory.mktemp("stack")
     try:
@@ -73,6 +77,7 @@ def services_env(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
         yield state_dir, env
     finally:
         stack.down(state_dir)
+        purge_state(state_dir)
 
 
 @pytest.fixture(scope="session")

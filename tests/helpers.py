@@ -13,7 +13,9 @@ from PIL import Image
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
-def image_b64(width: int = 96, height: int = 80, fmt: str = "PNG", color: tuple[int, int, int] = (200, 40, 90)) -> str:
+def image_b64(
+    width: int = 96, height: int = 80, fmt: str = "PNG", color: tuple[int, int, int] = (200, 40, 90)
+) -> str:
     img = Image.new("RGB", (width, height), color)
     for x in range(0, width, 8):  # some structure, so the encoder sees edges
         img.putpixel((x, x % height), (255, 255, 255))

@@ -36,7 +36,9 @@ def _balance(live_stack: Stack, key: str) -> int:
         (job_body(prompt=""), "prompt"),
     ],
 )
-def test_bad_fields_are_400_and_free(live_stack: Stack, account: str, body: dict, field: str) -> None:
+def test_bad_fields_are_400_and_free(
+    live_stack: Stack, account: str, body: dict, field: str
+) -> None:
     with live_stack.client(account) as client:
         response = client.post("/v2/ssd-img2img", json=body)
     assert response.status_code == 400, response.text
@@ -76,4 +78,6 @@ def test_unknown_path_and_method_are_json(live_stack: Stack) -> None:
         missing = client.get("/v2/nothing-here")
         wrong_method = client.get("/v2/ssd-img2img")
     assert missing.status_code == 404 and missing.json() == {"error": "not found"}
-    assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "method not allowed"}
+    assert wrong_method.status_code == 405 and wrong_method.json() == {
+        "error": "method not allowed"
+    }

@@ -52,7 +52,9 @@ def test_submit_poll_fetch_jpegs(live_stack: Stack) -> None:
         assert job is not None and job.seed == payload["seed"]
         assert job.attempts == 1
         ledger_sum = session.execute(
-            select(func.sum(CreditLedgerEntry.amount)).where(CreditLedgerEntry.account_id == account_id)
+            select(func.sum(CreditLedgerEntry.amount)).where(
+                CreditLedgerEntry.account_id == account_id
+            )
         ).scalar_one()
     assert ledger_sum == 500 - 50
 

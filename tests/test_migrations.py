@@ -63,10 +63,14 @@ def test_ledger_is_append_only(services_env: tuple[object, dict[str, str]]) -> N
     engine = create_engine(services_env[1]["DATABASE_URL"])
     with engine.connect() as conn:
         account = conn.execute(
-            text("INSERT INTO accounts (id, name, balance, status) VALUES (gen_random_uuid(), 'a', 5, 'active') RETURNING id")
+            text(
+                "INSERT INTO accounts (id, name, balance, status)"
+                " VALUES (gen_random_uuid(), 'a', 5, 'active') RETURNING id"
+            )
         ).scalar_one()
         conn.execute(
-            text("INSERT INTO credit_ledger (account_id, amount, reason) VALUES (:a, 5, 'grant')"), {"a": account}
+            text("INSERT INTO credit_ledger (account_id, amount, reason) VALUES (:a, 5, 'grant')"),
+            {"a": account},
         )
         conn.commit()
         for statement in ("UPDATE credit_ledger SET amount = 500", "DELETE FROM credit_ledger"):

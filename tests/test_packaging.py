@@ -15,8 +15,12 @@ from tests.conftest import ROOT
 
 def test_compose_file_is_valid() -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-         str(ROOT / "docker-compose.yml")],
+        [
+            str(Path(sys.executable).parent / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(ROOT / "docker-compose.yml"),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -36,7 +40,13 @@ def test_compose_describes_the_stack() -> None:
 def test_worker_without_model_stops_with_instructions(tmp_path: Path) -> None:
     env = {**os.environ, "MODEL_ID": str(tmp_path / "no-such-model"), "MODEL_DEVICE": "cpu"}
     result = subprocess.run(
-        [sys.executable, "-m", "worker"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "worker"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert "MODEL_ID" in result.stderr

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 import api.main
 with TestClient(api.main.app) as client:
     assert client.get("/health").status_code == 200
-    client.post("/v2/ssd-img2img", json={"prompt": "x"})
+    client.post("/v2/ssd-img2img", json={{"prompt": "x"}})
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})
 print(",".join(loaded))
 """

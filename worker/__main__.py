@@ -27,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-file", type=Path, help="touched once the worker consumes")
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     settings = get_settings()
     logger.info("loading %s (device=%s)", settings.model_id, settings.model_device)

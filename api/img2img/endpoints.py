@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
+from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep
+from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep, set_remaining_credits
 from api.errors import ApiError
 from api.img2img import service
 from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
@@ -21,7 +22,7 @@ from common.tasks import enqueue_job
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ssd-img2img"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid request: the message names the field."},
     401: {"description": "Missing or invalid API key."},
     406: {"description": "Not enough credits."},
@@ -52,7 +53,6 @@ def _load(session: SessionDep, account: CurrentAccount, request_id: str) -> Job:
 def submit_v2(
     body: Img2ImgRequest,
     request: Request,
-    response: Response,
     session: SessionDep,
     settings: SettingsDep,
     store: StorageDep,
@@ -66,7 +66,7 @@ def submit_v2(
         enqueue_job(str(job.id))
     except Exception:
         logger.exception("could not enqueue job %s; it stays QUEUED", job.id)
-    response.headers["x-remaining-credits"] = str(balance)
+    set_remaining_credits(request, balance)
     base = _base_url(request, settings)
     status_url = f"{base}/v2/requests/{job.id}/status"
     return SubmitResponse(
@@ -94,7 +94,7 @@ def get_status(request_id: str, session: SessionDep, account: CurrentAccount) ->
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),
     )
-    return _json(body.model_dump(), job, account.balance)
+    return _json(body.model_dump(), job)
 
 
 @router.get(
@@ -117,10 +117,9 @@ def get_result(
         error=job.error,
         metrics=job.metrics or {},
     )
-    return _json(body.model_dump(), job, account.balance)
+    return _json(body.model_dump(), job)
 
 
-def _json(body: dict[str, object], job: Job, balance: int) -> JSONResponse:
+def _json(body: dict[str, object], job: Job) -> JSONResponse:
     # Segmind serves a FAILED request with 422 on both URLs; its SDK reads the body.
-    status_code = 422 if job.status == JobStatus.FAILED else 200
-    return JSONResponse(body, status_code=status_code, headers={"x-remaining-credits": str(balance)})
+    return JSONResponse(body, status_code=422 if job.status == JobStatus.FAILED else 200)

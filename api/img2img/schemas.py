@@ -33,7 +33,9 @@ class Img2ImgRequest(BaseModel):
     strength: float = Field(
         default=0.75, ge=0, le=0.99, description="How far to move away from the input."
     )
-    base64: bool = Field(default=True, description="v1 only: JSON with base64 instead of JPEG bytes.")
+    base64: bool = Field(
+        default=True, description="v1 only: JSON with base64 instead of JPEG bytes."
+    )
 
 
 class SubmitResponse(BaseModel):

@@ -44,7 +44,9 @@ def submit(
     _check_request(req, settings)
     try:
         raw = decode_base64(req.image, settings.max_image_bytes)
-        image = prepare(raw, max_pixels=settings.max_image_pixels, max_side=settings.max_output_side)
+        image = prepare(
+            raw, max_pixels=settings.max_image_pixels, max_side=settings.max_output_side
+        )
     except ImageError as exc:
         raise ApiError(400, str(exc)) from exc
 

@@ -27,7 +27,10 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     if not 0 < port < 65536:
         return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # No SO_REUSEADDR: we want to see a port that a live server (or TIME_WAIT) holds.
+        # SO_REUSEADDR like the servers themselves (postgres, redis, Go all set it): on Linux
+        # the bind still fails while something listens there, but connections of a stopped
+        # server lingering in TIME_WAIT do not make its port look busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -33,6 +33,7 @@ from common.devstack.process import (
     RunAs,
     is_running,
     log_path,
+    log_tail,
     pidfile_path,
     start_process,
     stop_pidfile,
@@ -51,7 +52,11 @@ DATABASE = "ssd_img2img"
 SYSTEM_USER = "embedded_postgres"
 # Shutdown signal for the postmaster: SIGINT = "fast" shutdown (abort sessions, checkpoint).
 STOP_SIGNAL = signal.SIGINT
-EXTERNAL_BASE = Path(os.environ.get("SSD_IMG2IMG_PG_EXTERNAL_DIR", "/tmp/ssd-img2img-pg"))
+# Only used when the state dir is unreachable for SYSTEM_USER; created root-owned 0711 and
+# checked with lstat (no symlink, owned by us) before use, so a shared /tmp is fine.
+EXTERNAL_BASE = Path(
+    os.environ.get("SSD_IMG2IMG_PG_EXTERNAL_DIR", "/tmp/ssd-img2img-pg")  # noqa: S108
+)
 _START_ATTEMPTS = 3
 
 
@@ -137,7 +142,10 @@ def _collect_orphaned_external_dirs() -> None:
         return
     for owner_file in EXTERNAL_BASE.glob("*.owner"):
         target = owner_file.with_suffix("")
-        link = Path(owner_file.read_text().strip()) / NAME / "data"
+        try:
+            link = Path(owner_file.read_text().strip()) / NAME / "data"
+        except OSError:
+            continue  # removed by a concurrent collection
         with contextlib.suppress(OSError):
             if link.is_symlink() and Path(os.readlink(link)) == target:
                 continue
@@ -254,14 +262,14 @@ def _wait_ready(port: int, pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     wait_for_port(LOOPBACK, port, timeout, alive=lambda: is_running(pid))
     while True:
+        if not is_running(pid):
+            raise RuntimeError("postgres exited during startup")
         try:
             with psycopg.connect(_libpq_conninfo(port, "postgres"), autocommit=True) as conn:
                 conn.execute("SELECT 1")
             return
         except psycopg.OperationalError:
             # "the database system is starting up" (crash recovery after a SIGKILL, etc.)
-            if not is_running(pid):
-                raise RuntimeError("postgres exited during startup") from None
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
@@ -291,6 +299,11 @@ def start_postgres(
         return check_requested_port(live, port)
 
     run_as = _ensure_system_user() if os.geteuid() == 0 else None
+    if run_as is not None and not _searchable_by(bin_dir(), run_as):
+        raise RuntimeError(
+            f"{SYSTEM_USER} cannot reach the PostgreSQL binaries in {bin_dir()} "
+            "(a parent folder is not searchable); install the venv somewhere world-traversable"
+        )
     log = log_path(state_dir, NAME)
     data_dir = _prepare_data_dir(state_dir, run_as)
     _initdb(data_dir, run_as, log)
@@ -330,8 +343,24 @@ def start_postgres(
         service = Service(NAME, popen.pid, chosen, database_url(chosen), log)
         save_record(state_dir, service)
         return service
-    raise RuntimeError(f"PostgreSQL did not start ({last_error}); see {log}") from last_error
+    raise RuntimeError(
+        f"PostgreSQL did not start ({last_error}); end of {log}:\n{log_tail(log)}"
+    ) from last_error
 
 
 def stop_postgres(state_dir: Path, timeout: float = 15.0) -> bool:
     return stop_pidfile(pidfile_path(state_dir.resolve(), NAME), timeout, STOP_SIGNAL)
+
+
+def remove_data(state_dir: Path) -> None:
+    """Delete the data dir, including an external one the state dir links to (server must
+    be stopped). The state dir's own folder is left for the caller."""
+    link = state_dir.resolve() / NAME / "data"
+    if link.is_symlink():
+        target = Path(os.readlink(link))
+        if target.parent == EXTERNAL_BASE and not _postmaster_alive(target):
+            shutil.rmtree(target, ignore_errors=True)
+            (EXTERNAL_BASE / f"{target.name}.owner").unlink(missing_ok=True)
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link, ignore_errors=True)

@@ -191,13 +191,32 @@ def wait_exit(pid: int, timeout: float, interval: float = 0.02) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
+    """True while a non-zombie process is in group `pgid`.
+
+    killpg(pgid, 0) alone also counts zombies: when another process (e.g. the test runner
+    that started the server) has not reaped its dead child yet, that would never turn False.
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # After the comm: state ppid pgrp ...
+        fields = raw[raw.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def _remove_pidfile(path: Path) -> None:

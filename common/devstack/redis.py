@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 
 import redis as redis_client
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from common.devstack.ports import LOOPBACK, wait_for_port
 from common.devstack.process import (
     is_running,
     log_path,
+    log_tail,
     pidfile_path,
     start_process,
     stop_pidfile,
@@ -45,16 +48,23 @@ def redis_url(port: int, db: int = 0) -> str:
 def _wait_ping(port: int, pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     wait_for_port(LOOPBACK, port, timeout, alive=lambda: is_running(pid))
-    client = redis_client.Redis(host=LOOPBACK, port=port, socket_timeout=1.0)
+    # No client-side retries: this loop retries, and checks the process in between.
+    client = redis_client.Redis(
+        host=LOOPBACK,
+        port=port,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+    )
     try:
         while True:
+            if not is_running(pid):
+                raise RuntimeError("redis-server exited during startup")
             try:
                 if client.ping():
                     return
             except redis_client.RedisError:
                 pass
-            if not is_running(pid):
-                raise RuntimeError("redis-server exited during startup")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"redis on port {port} did not answer PING in {timeout}s")
             time.sleep(0.05)
@@ -108,7 +118,9 @@ def start_redis(state_dir: Path, port: int | None = None, *, timeout: float = 30
         service = Service(NAME, popen.pid, chosen, redis_url(chosen), log)
         save_record(state_dir, service)
         return service
-    raise RuntimeError(f"Redis did not start ({last_error}); see {log}") from last_error
+    raise RuntimeError(
+        f"Redis did not start ({last_error}); end of {log}:\n{log_tail(log)}"
+    ) from last_error
 
 
 def stop_redis(state_dir: Path, timeout: float = 10.0) -> bool:

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common.devstack.ports import claim_port, free_port
+from common.devstack.ports import claim_port, free_port, port_is_free
 from common.devstack.process import pidfile_path, pidfile_process_alive
 
 RUN_DIR = "run"
@@ -76,6 +76,8 @@ def choose_port(state_dir: Path, name: str, port: int | None) -> int:
     Reusing the previous port keeps URLs stable across `make down` / `make up`.
     """
     if port is not None:
+        if not port_is_free(port):
+            raise RuntimeError(f"{name}: requested port {port} is already in use")
         return port
     record = load_record(state_dir, name)
     if record is not None and claim_port(record.port):

@@ -1,0 +1,299 @@
+"""load_pipeline / generate on the tiny model: schedulers, seeds, progress, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from diffusers import StableDiffusionXLImg2ImgPipeline
+from huggingface_hub import constants as hf_constants
+from PIL import Image
+
+from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from worker import pipeline as pipeline_module
+from worker.pipeline import (
+    GenerationRequest,
+    ModelLoadError,
+    generate,
+    load_pipeline,
+)
+from worker.schedulers import SCHEDULERS, UnknownSchedulerError, make_scheduler
+from worker.tiny_model import make_tiny_pipeline
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir: Path) -> StableDiffusionXLImg2ImgPipeline:
+    return load_pipeline(str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def source() -> Image.Image:
+    rng = np.random.default_rng(0)
+    gradient = np.linspace(0, 255, SIZE, dtype=np.float32)[None, :, None]
+    pixels = np.clip(gradient + rng.normal(0, 40, (SIZE, SIZE, 3)), 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8))
+
+
+def make_request(image: Image.Image, **changes: Any) -> GenerationRequest:
+    request = GenerationRequest(
+        image=image,
+        prompt="a lighthouse at dusk",
+        negative_prompt=None,
+        samples=1,
+        num_inference_steps=20,
+        guidance_scale=7.5,
+        strength=0.3,
+        seed=1234,
+        scheduler="Euler",
+    )
+    return dataclasses.replace(request, **changes)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+# ---------------------------------------------------------------- schedulers
+
+
+def test_scheduler_names_match_the_torch_free_list() -> None:
+    assert set(SCHEDULERS) == set(SCHEDULER_NAMES)
+    assert len(SCHEDULER_NAMES) == 12
+    assert DEFAULT_SCHEDULER == "DPM2 Karras"
+
+
+def test_sigma_schedule_of_the_base_config_does_not_leak(
+    pipe: StableDiffusionXLImg2ImgPipeline,
+) -> None:
+    karras_base = {**pipe.scheduler.config, "use_karras_sigmas": True}
+    assert make_scheduler("Euler", karras_base).config.use_karras_sigmas is False
+    assert make_scheduler("DPM2 Karras", pipe.scheduler.config).config.use_karras_sigmas is True
+    # What the name does not define comes from the model's own config.
+    assert make_scheduler("DDIM", pipe.scheduler.config).config.timestep_spacing == "leading"
+
+
+def test_unknown_scheduler_is_refused(pipe: StableDiffusionXLImg2ImgPipeline) -> None:
+    with pytest.raises(UnknownSchedulerError, match="DPM2 Karras"):
+        make_scheduler("Euler b", pipe.scheduler.config)
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_every_scheduler_runs_end_to_end(
+    pipe: StableDiffusionXLImg2ImgPipeline, source: Image.Image, name: str
+) -> None:
+    result = generate(pipe, make_request(source, scheduler=name, samples=2))
+    assert len(result.images) == 2
+    assert all(image.size == source.size and image.mode == "RGB" for image in result.images)
+    assert result.steps_run >= int(20 * 0.3)
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler"  # the model's own, restored
+
+
+def test_a_scheduler_swap_does_not_leak_into_the_next_call(
+    pipe: StableDiffusionXLImg2ImgPipeline, source: Image.Image
+) -> None:
+    original = pipe.scheduler
+    first = generate(pipe, make_request(source, scheduler="Euler"))
+    generate(pipe, make_request(source, scheduler="DPM2 a Karras"))
+    again = generate(pipe, make_request(source, scheduler="Euler"))
+    assert pipe.scheduler is original
+    assert first.images[0].tobytes() == again.images[0].tobytes()
+
+
+# ---------------------------------------------------------------- seeds and prompts
+
+
+def test_same_seed_gives_identical_pixels(
+    pipe: StableDiffusionXLImg2ImgPipeline, source: Image.Image
+) -> None:
+    # An ancestral scheduler draws fresh noise every step: the strictest case.
+    request = make_request(source, scheduler="Euler a", samples=2)
+    first, second = generate(pipe, request), generate(pipe, request)
+    assert [i.tobytes() for i in first.images] == [i.tobytes() for i in second.images]
+
+
+def test_different_prompts_and_seeds_give_different_pixels(
+    pipe: StableDiffusionXLImg2ImgPipeline, source: Image.Image
+) -> None:
+    base = pixels(generate(pipe, make_request(source)).images[0])
+    other_prompt = pixels(generate(pipe, make_request(source, prompt="a red bicycle")).images[0])
+    other_seed = pixels(generate(pipe, make_request(source, seed=1235)).images[0])
+    assert np.abs(base - other_prompt).mean() > 1
+    assert np.abs(base - other_seed).mean() > 5
+
+
+@pytest.mark.parametrize("scheduler", ["Euler a", "DPM2 Karras"])
+def test_sample_i_is_reproduced_alone_with_seed_plus_i(
+    pipe: StableDiffusionXLImg2ImgPipeline, source: Image.Image, scheduler: str
+) -> None:
+    batch = generate(pipe, make_request(source, scheduler=scheduler, samples=3, strength=0.5))
+    unrelated = pixels(batch.images[0])
+    for i, image in enumerate(batch.images):
+        alone = generate(pipe, make_request(source, scheduler=scheduler, strength=0.5, seed=1234 + i))
+        diff = np.abs(pixels(image) - pixels(alone.images[0]))
+        # Same noise, same result; a batch of 3 runs other float kernels than a
+        # batch of 1, which can move a pixel by one rounding step, never more.
+        assert diff.max() <= 2, (i, diff.max())
+        assert diff.mean() < 0.1
+        if i > 0:  # while another seed changes the picture altogether
+            assert np.abs(pixels(image) - unrelated).mean() > 5
+
+
+# ---------------------------------------------------------------- progress and abort
+
+
+@pytest.mark.parametrize(("scheduler", "order"), [("Euler", 1), ("Heun", 2)])
+def test_on_step_counts_reach_the_pipelines_total(
+    pipe: StableDiffusionXLImg2ImgPipeline, source: Image.Image, scheduler: str, order: int
+) -> None:
+    assert SCHEDULERS[scheduler].order == order
+    calls: list[tuple[int, int]] = []
+    result = generate(pipe, make_request(source, scheduler=scheduler), lambda d, t: calls.append((d, t)))
+    total = pipe.num_timesteps
+    assert calls == [(done, total) for done in range(1, total + 1)]
+    assert result.steps_run == total
+    steps = int(20 * 0.3)
+    # Second-order schedulers evaluate the UNet about twice per step.
+    assert total == steps if order == 1 else steps < total <= 2 * steps
+
+
+class Cancelled(Exception):
+    pass
+
+
+def test_an_exception_from_on_step_aborts_the_run(
+    pipe: StableDiffusionXLImg2ImgPipeline, source: Image.Image
+) -> None:
+    original = pipe.scheduler
+    calls: list[int] = []
+
+    def cancel_at_two(done: int, total: int) -> None:
+        calls.append(done)
+        if done == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        generate(pipe, make_request(source, scheduler="DPM2 Karras"), cancel_at_two)
+    assert calls == [1, 2]
+    assert pipe.scheduler is original
+    # The pipe stays usable.
+    assert len(generate(pipe, make_request(source)).images) == 1
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_non_rgb_input_is_accepted(pipe: StableDiffusionXLImg2ImgPipeline, source: Image.Image) -> None:
+    result = generate(pipe, make_request(source.convert("RGBA")))
+    assert result.images[0].size == source.size
+
+
+def test_a_request_with_no_denoising_step_is_refused(
+    pipe: StableDiffusionXLImg2ImgPipeline, source: Image.Image
+) -> None:
+    with pytest.raises(ValueError, match="no denoising step"):
+        generate(pipe, make_request(source, num_inference_steps=20, strength=0.04))
+
+
+# ---------------------------------------------------------------- load errors
+
+
+def test_a_missing_folder_raises_a_helpful_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        load_pipeline(str(tmp_path / "nope"), device="cpu")
+    message = str(info.value)
+    assert "does not exist" in message
+    assert "MODEL_ID" in message and "make-tiny" in message
+
+
+def test_a_folder_that_is_not_a_pipeline_raises(tmp_path: Path) -> None:
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ModelLoadError, match="model_index.json"):
+        load_pipeline(str(tmp_path), device="cpu")
+
+
+def test_a_broken_pipeline_folder_raises(model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_bytes((model_dir / "model_index.json").read_bytes())
+    with pytest.raises(ModelLoadError, match="cannot load the pipeline"):
+        load_pipeline(str(broken), device="cpu")
+
+
+def test_uncached_hub_id_fails_at_once_when_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
+        load_pipeline("ssd-img2img-tests/not-a-real-model", device="cpu")
+    assert time.monotonic() - started < 5
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A host that accepts connections and never answers: the case where
+    huggingface_hub (no timeout) would wait forever."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, silent_server: str) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", silent_server)
+    monkeypatch.setattr(pipeline_module, "HUB_PROBE_TIMEOUT_S", 0.5)
+
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            load_pipeline("ssd-img2img-tests/not-a-real-model", device="cpu")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    # In a thread so that a regression shows as a failure, not a hung test run.
+    thread = threading.Thread(target=load, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "load_pipeline hung on a silent hub"
+    assert isinstance(outcome[0], ModelLoadError)
+    assert "cannot reach the Hugging Face hub" in str(outcome[0])
+    # The probe's 0.5 s plus, at most, huggingface_hub's own 3 s side request.
+    assert time.monotonic() - started < 10

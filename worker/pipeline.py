@@ -1,0 +1,322 @@
+"""Loading the SDXL img2img pipeline and running one generation request on it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline
+from huggingface_hub import constants as hf_constants
+from PIL import Image
+
+from worker.schedulers import make_scheduler
+
+logger = logging.getLogger(__name__)
+
+# How long the hub may take to answer one request before we call it unreachable.
+# huggingface_hub 1.x+ uses no timeout at all: against a host that accepts the
+# connection but never answers (a firewall, a dead proxy) from_pretrained hangs
+# forever; with DNS failing it gives up at once.
+HUB_PROBE_TIMEOUT_S = 5.0
+
+_HOW_TO_FIX = (
+    "Set MODEL_ID to a Hugging Face hub id such as segmind/SSD-1B (downloading it needs "
+    "network access; offline, pre-fill the Hugging Face cache and set HF_HUB_OFFLINE=1) "
+    "or to a local diffusers pipeline folder, e.g. one built with "
+    "`ssd-img2img model make-tiny DIR`."
+)
+
+# "name" or "owner/name" as the hub accepts them.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+# Attribute on the pipe holding the model's own scheduler config, so every job's
+# scheduler is built from it and never from the previous job's scheduler.
+_BASE_SCHEDULER_ATTR = "_ssd_base_scheduler_config"
+
+
+class _DropEmptyFp32Warning(logging.Filter):
+    """diffusers 0.42 warns "modules ... should be kept in float32: []" whenever the
+    SDXL pipeline casts its VAE (twice per call), even with no such module."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropEmptyFp32Warning())
+
+# One generation at a time per process: generate() swaps pipe.scheduler, which
+# concurrent calls on the same pipe would trample.
+_GENERATE_LOCK = threading.Lock()
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to set."""
+
+
+@dataclass
+class GenerationRequest:
+    """One img2img job, validated by the API; ``seed`` is already resolved (never -1)."""
+
+    image: Image.Image
+    prompt: str
+    negative_prompt: str | None
+    samples: int
+    num_inference_steps: int
+    guidance_scale: float
+    strength: float
+    seed: int
+    scheduler: str
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    # Iterations of the denoising loop, i.e. step callbacks: int(steps × strength)
+    # for first-order schedulers, about twice that for Heun and DPM2.
+    steps_run: int
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; anything else as torch spells it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"invalid device {device!r}: {exc}") from exc
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour a later setting too.
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return bool(hf_constants.HF_HUB_OFFLINE) or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return (
+        model_id.startswith(("/", "./", "../", "~", "."))
+        or "\\" in model_id
+        or model_id.count("/") > 1
+        or not _HUB_ID.match(model_id)
+    )
+
+
+def _from_pretrained(
+    source: str, dtype: torch.dtype, variant: str | None, local_files_only: bool
+) -> StableDiffusionXLImg2ImgPipeline:
+    pipe: StableDiffusionXLImg2ImgPipeline = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        source,
+        dtype=dtype,
+        variant=variant,
+        add_watermarker=False,
+        local_files_only=local_files_only,
+    )
+    return pipe
+
+
+def _load_local(folder: Path, dtype: torch.dtype, variant: str | None) -> StableDiffusionXLImg2ImgPipeline:
+    if not folder.is_dir():
+        raise ModelLoadError(f"MODEL_ID {str(folder)!r} is not a folder. {_HOW_TO_FIX}")
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"{folder} is not a diffusers pipeline folder (it has no model_index.json). "
+            f"{_HOW_TO_FIX}"
+        )
+    try:
+        return _from_pretrained(str(folder), dtype, variant, local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load the pipeline in {folder}: {type(exc).__name__}: {exc}. {_HOW_TO_FIX}"
+        ) from exc
+
+
+def probe_hub(model_id: str, timeout_s: float | None = None) -> None:
+    """Fail fast when the hub cannot be reached; any HTTP answer counts as reachable.
+
+    A 401/404 is left for from_pretrained to explain (gated repos need a token,
+    and the hub answers 401 for missing repos to anonymous callers).
+    """
+    if timeout_s is None:
+        timeout_s = HUB_PROBE_TIMEOUT_S
+    url = f"{hf_constants.ENDPOINT.rstrip('/')}/api/models/{model_id}"
+    request = urllib.request.Request(url, method="HEAD")  # noqa: S310 (http(s) endpoint)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):  # noqa: S310
+            return
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:  # URLError, timeouts, refused, DNS
+        reason = getattr(exc, "reason", exc)
+        raise ModelLoadError(
+            f"cannot reach the Hugging Face hub at {hf_constants.ENDPOINT} to fetch "
+            f"{model_id!r} ({reason}; waited at most {timeout_s:g} s), and it is not fully "
+            f"in the local cache. {_HOW_TO_FIX}"
+        ) from exc
+
+
+def _load_hub(
+    model_id: str, dtype: torch.dtype, variant: str | None, on_cuda: bool
+) -> StableDiffusionXLImg2ImgPipeline:
+    # fp16 files halve the download on CUDA; repos without them load the default files.
+    variants: list[str | None] = [variant] if variant is not None else (
+        ["fp16", None] if on_cuda else [None]
+    )
+    errors: list[str] = []
+
+    def attempt(local_files_only: bool) -> StableDiffusionXLImg2ImgPipeline | None:
+        for v in variants:
+            try:
+                return _from_pretrained(model_id, dtype, v, local_files_only)
+            except Exception as exc:
+                where = "cache" if local_files_only else "hub"
+                errors.append(f"{where}, variant={v}: {type(exc).__name__}: {exc}")
+        return None
+
+    # The cache first: a cached model must load offline. (huggingface_hub 2.x still
+    # makes one side request here, its "agent harness" registry, 3 s timeout, once
+    # per process, unless HF_HUB_OFFLINE is set.)
+    pipe = attempt(local_files_only=True)
+    if pipe is not None:
+        return pipe
+    if _hub_offline():
+        raise ModelLoadError(
+            f"{model_id!r} is not fully in the Hugging Face cache and HF_HUB_OFFLINE is set, "
+            f"so it cannot be downloaded. {_HOW_TO_FIX}"
+        )
+    probe_hub(model_id)
+    pipe = attempt(local_files_only=False)
+    if pipe is not None:
+        return pipe
+    raise ModelLoadError(
+        f"cannot load {model_id!r} from the Hugging Face hub ({'; '.join(errors[-len(variants):])}). "
+        f"{_HOW_TO_FIX}"
+    )
+
+
+def load_pipeline(
+    model_id: str, device: str = "auto", variant: str | None = None
+) -> StableDiffusionXLImg2ImgPipeline:
+    """Load ``model_id`` (a local folder or a hub id) ready for :func:`generate`.
+
+    fp16 on CUDA, fp32 elsewhere (CPUs have no fast fp16 kernels). Raises
+    :class:`ModelLoadError`, saying what to set, when the model cannot be loaded.
+    """
+    model_id = model_id.strip()
+    if not model_id:
+        raise ModelLoadError(f"MODEL_ID is empty. {_HOW_TO_FIX}")
+    target = resolve_device(device)
+    dtype = torch.float16 if target.type == "cuda" else torch.float32
+
+    folder = Path(model_id).expanduser()
+    if folder.exists() or _looks_like_path(model_id):
+        if not folder.exists():
+            raise ModelLoadError(
+                f"model folder {model_id!r} ({folder.absolute()}) does not exist. {_HOW_TO_FIX}"
+            )
+        pipe = _load_local(folder, dtype, variant)
+    else:
+        pipe = _load_hub(model_id, dtype, variant, on_cuda=target.type == "cuda")
+
+    pipe.to(target)
+    pipe.set_progress_bar_config(disable=True)
+    remember_base_scheduler_config(pipe)
+    logger.info("loaded %s on %s (%s)", model_id, target, dtype)
+    return pipe
+
+
+def remember_base_scheduler_config(pipe: StableDiffusionXLImg2ImgPipeline) -> Mapping[str, Any]:
+    """The model's own scheduler config, saved on the pipe the first time it is asked for."""
+    config: Mapping[str, Any] | None = getattr(pipe, _BASE_SCHEDULER_ATTR, None)
+    if config is None:
+        config = dict(pipe.scheduler.config)
+        setattr(pipe, _BASE_SCHEDULER_ATTR, config)
+    return config
+
+
+# ------------------------------------------------------------------------ generating
+
+
+def denoising_steps(num_inference_steps: int, strength: float) -> int:
+    """Steps img2img really runs; 0 makes diffusers fail with an obscure reshape error."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
+def _check(req: GenerationRequest) -> None:
+    if req.samples < 1:
+        raise ValueError(f"samples must be at least 1, got {req.samples}")
+    if req.seed < 0:
+        raise ValueError(f"seed must be resolved to a non-negative value, got {req.seed}")
+    if denoising_steps(req.num_inference_steps, req.strength) < 1:
+        raise ValueError(
+            f"num_inference_steps × strength = {req.num_inference_steps} × {req.strength} "
+            "gives no denoising step; raise one of them"
+        )
+
+
+def generate(
+    pipe: StableDiffusionXLImg2ImgPipeline,
+    req: GenerationRequest,
+    on_step: Callable[[int, int], None] | None = None,
+) -> GenerationResult:
+    """Run ``req`` on ``pipe``; ``on_step(done, total)`` after each denoising iteration.
+
+    Sample ``i`` is drawn from its own generator seeded ``seed + i``, so any one
+    sample is reproduced alone by ``samples=1, seed=seed + i``. An exception raised
+    by ``on_step`` aborts the run (no VAE decode) and propagates: that is how a
+    job is cancelled. ``total`` is the pipeline's own count, so second-order
+    schedulers (two UNet evaluations per step) still end at done == total.
+    """
+    _check(req)
+    base_config = remember_base_scheduler_config(pipe)
+    scheduler = make_scheduler(req.scheduler, base_config)
+    device = pipe._execution_device
+    generators = [
+        torch.Generator(device=device).manual_seed(req.seed + i) for i in range(req.samples)
+    ]
+    image = req.image if req.image.mode == "RGB" else req.image.convert("RGB")
+
+    callback: Callable[..., dict[str, Any]] | None = None
+    if on_step is not None:
+        report = on_step
+
+        def callback(
+            p: StableDiffusionXLImg2ImgPipeline, i: int, t: Any, kwargs: dict[str, Any]
+        ) -> dict[str, Any]:
+            report(i + 1, p.num_timesteps)
+            return kwargs
+
+    with _GENERATE_LOCK:
+        original = pipe.scheduler
+        # A fresh scheduler per call, put back afterwards: the pipe (and a later
+        # save_pretrained) always keeps the model's own scheduler.
+        pipe.scheduler = scheduler
+        try:
+            with torch.inference_mode():
+                output = pipe(
+                    prompt=req.prompt,
+                    negative_prompt=req.negative_prompt,
+                    image=image,
+                    strength=req.strength,
+                    num_inference_steps=req.num_inference_steps,
+                    guidance_scale=req.guidance_scale,
+                    num_images_per_prompt=req.samples,
+                    generator=generators,
+                    output_type="pil",
+                    callback_on_step_end=callback,
+                )
+            steps_run = int(pipe.num_timesteps)
+        finally:
+            pipe.scheduler = original
+    return GenerationResult(images=list(output.images), steps_run=steps_run)

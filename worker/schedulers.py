@@ -1,0 +1,120 @@
+"""Segmind scheduler names → diffusers scheduler classes and their settings.
+
+A name means the same sampler whatever model is loaded: every scheduler is built
+from the model's own scheduler config (betas, timestep spacing, prediction type),
+and only what the name itself defines is overridden on top of it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+
+__all__ = [
+    "DEFAULT_SCHEDULER",
+    "SCHEDULERS",
+    "SCHEDULER_NAMES",
+    "SchedulerSpec",
+    "UnknownSchedulerError",
+    "make_scheduler",
+]
+
+# Flags that pick the sigma schedule. A base config may carry one of them (a model
+# shipped with a Karras scheduler, or our tiny model's default), and from_config
+# would silently carry it over: "Euler" would then run Karras sigmas. So each of
+# these is pinned to False unless the name's own overrides turn it on.
+_SIGMA_SCHEDULE_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A diffusers scheduler class plus the config values the Segmind name implies."""
+
+    cls: type[SchedulerMixin]
+    overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def order(self) -> int:
+        """1, or 2 for schedulers that evaluate the UNet twice per step (Heun, DPM2)."""
+        return int(getattr(self.cls, "order", 1))
+
+
+def _spec(cls: type[SchedulerMixin], **overrides: Any) -> SchedulerSpec:
+    return SchedulerSpec(cls, MappingProxyType(overrides))
+
+
+# The table "Known diffusers equivalents" of the Segmind protocol notes.
+SCHEDULERS: Mapping[str, SchedulerSpec] = MappingProxyType(
+    {
+        "DDIM": _spec(DDIMScheduler),
+        "DPM Multi": _spec(DPMSolverMultistepScheduler),
+        # lower_order_final=True is what diffusers switches to anyway (with a warning
+        # on every job) when the final sigma is zero, as in every SDXL config.
+        "DPM Single": _spec(DPMSolverSinglestepScheduler, lower_order_final=True),
+        "Euler a": _spec(EulerAncestralDiscreteScheduler),
+        "Euler": _spec(EulerDiscreteScheduler),
+        "Heun": _spec(HeunDiscreteScheduler),
+        "DPM2 a Karras": _spec(KDPM2AncestralDiscreteScheduler, use_karras_sigmas=True),
+        "DPM2 Karras": _spec(KDPM2DiscreteScheduler, use_karras_sigmas=True),
+        "LMS": _spec(LMSDiscreteScheduler),
+        # PRK warm-up steps do not fit img2img's truncated schedules; every
+        # diffusers SD pipeline uses PNDM with PLMS only.
+        "PNDM": _spec(PNDMScheduler, skip_prk_steps=True),
+        "DDPM": _spec(DDPMScheduler),
+        "UniPC": _spec(UniPCMultistepScheduler),
+    }
+)
+
+# The API validates against common.schedulers without importing torch; a name
+# added on one side only would pass validation and then fail every job.
+assert set(SCHEDULERS) == set(SCHEDULER_NAMES), (
+    sorted(set(SCHEDULERS) ^ set(SCHEDULER_NAMES))
+)
+
+
+class UnknownSchedulerError(ValueError):
+    """The name is not one of the Segmind scheduler names."""
+
+
+def _init_keys(cls: type[SchedulerMixin]) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+
+
+def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
+    """A fresh scheduler for the Segmind ``name``, built on the model's ``base_config``.
+
+    A new instance every call: schedulers keep per-run state (step index, model
+    outputs of multistep solvers), so one must never be shared between jobs.
+    """
+    try:
+        spec = SCHEDULERS[name]
+    except KeyError:
+        raise UnknownSchedulerError(
+            f"unknown scheduler {name!r}; expected one of: {', '.join(SCHEDULER_NAMES)}"
+        ) from None
+    accepted = _init_keys(spec.cls)
+    overrides = {flag: False for flag in _SIGMA_SCHEDULE_FLAGS if flag in accepted}
+    overrides.update(spec.overrides)
+    scheduler: SchedulerMixin = spec.cls.from_config(dict(base_config), **overrides)
+    return scheduler
