@@ -53,6 +53,8 @@ def service_env(services: Services, api_url: str, model_dir: Path) -> dict[str, 
         "PUBLIC_BASE_URL": api_url,
         "MODEL_ID": str(model_dir.resolve()),
         "MODEL_DEVICE": "cpu",
+        # The local stack runs a local model folder; never reach out to a model hub.
+        "HF_HUB_OFFLINE": "1",
     }
 
 

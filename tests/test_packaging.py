@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -37,8 +38,17 @@ def test_compose_describes_the_stack() -> None:
     assert "alembic upgrade head" in " ".join(services["migrate"]["command"])
 
 
-def test_worker_without_model_stops_with_instructions(tmp_path: Path) -> None:
-    env = {**os.environ, "MODEL_ID": str(tmp_path / "no-such-model"), "MODEL_DEVICE": "cpu"}
+@pytest.mark.parametrize("model_id", ["{tmp}/no-such-model", "segmind/SSD-1B"])
+def test_worker_without_model_stops_with_instructions(tmp_path: Path, model_id: str) -> None:
+    # HF_HUB_OFFLINE and an empty cache: the hub id cannot be loaded, and the test
+    # never connects anywhere.
+    env = {
+        **os.environ,
+        "MODEL_ID": model_id.format(tmp=tmp_path),
+        "MODEL_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "worker"],
         env=env,

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -88,14 +89,28 @@ class GenerationResult:
 # --------------------------------------------------------------------------- loading
 
 
+def _as_any(pipe: StableDiffusionXLImg2ImgPipeline) -> Any:
+    """The pipe, untyped.
+
+    To mypy, ``diffusers.StableDiffusionXLImg2ImgPipeline`` is the attribute-less
+    placeholder diffusers defines for installs without torch; the rest of the
+    project annotates with that name, so we keep it in signatures and drop the
+    type where the pipe's real attributes are used.
+    """
+    return pipe
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` → CUDA when available, else CPU; anything else as torch spells it."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        target = torch.device(device)
     except RuntimeError as exc:
         raise ModelLoadError(f"invalid device {device!r}: {exc}") from exc
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return target
 
 
 def _hub_offline() -> bool:
@@ -126,7 +141,9 @@ def _from_pretrained(
     return pipe
 
 
-def _load_local(folder: Path, dtype: torch.dtype, variant: str | None) -> StableDiffusionXLImg2ImgPipeline:
+def _load_local(
+    folder: Path, dtype: torch.dtype, variant: str | None
+) -> StableDiffusionXLImg2ImgPipeline:
     if not folder.is_dir():
         raise ModelLoadError(f"MODEL_ID {str(folder)!r} is not a folder. {_HOW_TO_FIX}")
     if not (folder / "model_index.json").is_file():
@@ -170,8 +187,8 @@ def _load_hub(
     model_id: str, dtype: torch.dtype, variant: str | None, on_cuda: bool
 ) -> StableDiffusionXLImg2ImgPipeline:
     # fp16 files halve the download on CUDA; repos without them load the default files.
-    variants: list[str | None] = [variant] if variant is not None else (
-        ["fp16", None] if on_cuda else [None]
+    variants: list[str | None] = (
+        [variant] if variant is not None else (["fp16", None] if on_cuda else [None])
     )
     errors: list[str] = []
 
@@ -199,9 +216,9 @@ def _load_hub(
     pipe = attempt(local_files_only=False)
     if pipe is not None:
         return pipe
+    hub_errors = "; ".join(errors[len(variants) :])  # the cache misses are expected
     raise ModelLoadError(
-        f"cannot load {model_id!r} from the Hugging Face hub ({'; '.join(errors[-len(variants):])}). "
-        f"{_HOW_TO_FIX}"
+        f"cannot load {model_id!r} from the Hugging Face hub ({hub_errors}). {_HOW_TO_FIX}"
     )
 
 
@@ -229,8 +246,8 @@ def load_pipeline(
     else:
         pipe = _load_hub(model_id, dtype, variant, on_cuda=target.type == "cuda")
 
-    pipe.to(target)
-    pipe.set_progress_bar_config(disable=True)
+    _as_any(pipe).to(target)
+    _as_any(pipe).set_progress_bar_config(disable=True)
     remember_base_scheduler_config(pipe)
     logger.info("loaded %s on %s (%s)", model_id, target, dtype)
     return pipe
@@ -240,7 +257,7 @@ def remember_base_scheduler_config(pipe: StableDiffusionXLImg2ImgPipeline) -> Ma
     """The model's own scheduler config, saved on the pipe the first time it is asked for."""
     config: Mapping[str, Any] | None = getattr(pipe, _BASE_SCHEDULER_ATTR, None)
     if config is None:
-        config = dict(pipe.scheduler.config)
+        config = MappingProxyType(dict(_as_any(pipe).scheduler.config))
         setattr(pipe, _BASE_SCHEDULER_ATTR, config)
     return config
 
@@ -281,7 +298,8 @@ def generate(
     _check(req)
     base_config = remember_base_scheduler_config(pipe)
     scheduler = make_scheduler(req.scheduler, base_config)
-    device = pipe._execution_device
+    run = _as_any(pipe)
+    device = run._execution_device
     generators = [
         torch.Generator(device=device).manual_seed(req.seed + i) for i in range(req.samples)
     ]
@@ -291,20 +309,18 @@ def generate(
     if on_step is not None:
         report = on_step
 
-        def callback(
-            p: StableDiffusionXLImg2ImgPipeline, i: int, t: Any, kwargs: dict[str, Any]
-        ) -> dict[str, Any]:
-            report(i + 1, p.num_timesteps)
+        def callback(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            report(i + 1, int(p.num_timesteps))
             return kwargs
 
     with _GENERATE_LOCK:
-        original = pipe.scheduler
+        original = run.scheduler
         # A fresh scheduler per call, put back afterwards: the pipe (and a later
         # save_pretrained) always keeps the model's own scheduler.
-        pipe.scheduler = scheduler
+        run.scheduler = scheduler
         try:
             with torch.inference_mode():
-                output = pipe(
+                output = run(
                     prompt=req.prompt,
                     negative_prompt=req.negative_prompt,
                     image=image,
@@ -316,7 +332,7 @@ def generate(
                     output_type="pil",
                     callback_on_step_end=callback,
                 )
-            steps_run = int(pipe.num_timesteps)
+            steps_run = int(run.num_timesteps)
         finally:
-            pipe.scheduler = original
+            run.scheduler = original
     return GenerationResult(images=list(output.images), steps_run=steps_run)

@@ -13,21 +13,26 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSinglestepScheduler,
+# From the defining modules, not the package root: to mypy, diffusers' root names
+# are the dummy placeholders it defines for installs without torch.
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_dpmsolver_singlestep import DPMSolverSinglestepScheduler
+from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
     EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
 )
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
+from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteScheduler
+from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import (
+    KDPM2AncestralDiscreteScheduler,
+)
+from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteScheduler
+from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
+from diffusers.schedulers.scheduling_pndm import PNDMScheduler
+from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import is_scipy_available
 
 from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
@@ -88,9 +93,13 @@ SCHEDULERS: Mapping[str, SchedulerSpec] = MappingProxyType(
 
 # The API validates against common.schedulers without importing torch; a name
 # added on one side only would pass validation and then fail every job.
-assert set(SCHEDULERS) == set(SCHEDULER_NAMES), (
-    sorted(set(SCHEDULERS) ^ set(SCHEDULER_NAMES))
-)
+assert set(SCHEDULERS) == set(SCHEDULER_NAMES), sorted(set(SCHEDULERS) ^ set(SCHEDULER_NAMES))
+
+
+# LMS integrates its coefficients with scipy; without it every LMS job would fail
+# with a NameError deep in diffusers. Refuse to start instead.
+if not is_scipy_available():
+    raise ImportError("the LMS scheduler needs scipy: install the worker extra (pip install scipy)")
 
 
 class UnknownSchedulerError(ValueError):
@@ -116,5 +125,8 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]) -> SchedulerMixin:
     accepted = _init_keys(spec.cls)
     overrides = {flag: False for flag in _SIGMA_SCHEDULE_FLAGS if flag in accepted}
     overrides.update(spec.overrides)
-    scheduler: SchedulerMixin = spec.cls.from_config(dict(base_config), **overrides)
+    # from_config comes from ConfigMixin, which every scheduler class also inherits
+    # but SchedulerMixin does not declare.
+    factory: Any = spec.cls
+    scheduler: SchedulerMixin = factory.from_config(dict(base_config), **overrides)
     return scheduler

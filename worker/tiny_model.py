@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -171,11 +172,11 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
         vae = _vae()
     return StableDiffusionXLImg2ImgPipeline(
         vae=vae,
-        text_encoder=text_encoder.eval(),
-        text_encoder_2=text_encoder_2.eval(),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
-        unet=unet.eval(),
+        unet=unet,
         scheduler=_scheduler(),
         requires_aesthetics_score=False,
         force_zeros_for_empty_prompt=True,
@@ -247,11 +248,10 @@ def make_tiny_pipeline(out_dir: Path, seed: int = 0) -> Path:
     # Same parent folder: the final rename stays on one filesystem, hence atomic.
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
-        pipe = build_tiny_pipeline(seed)
+        # Any: to mypy, diffusers' root names are its torch-less placeholders.
+        pipe: Any = build_tiny_pipeline(seed)
         pipe.save_pretrained(staging, safe_serialization=True)
-        (staging / MARKER_FILE).write_text(
-            _MARKER_TEXT.format(seed=seed), encoding="utf-8"
-        )
+        (staging / MARKER_FILE).write_text(_MARKER_TEXT.format(seed=seed), encoding="utf-8")
         _apply_umask_permissions(staging)
         try:
             # Replaces out_dir only if it is missing or an empty folder.

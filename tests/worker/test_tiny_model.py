@@ -118,12 +118,16 @@ def test_losing_the_race_to_another_builder_is_fine(
     out = tmp_path / "model"
     real_build = tiny_model.build_tiny_pipeline
 
-    def build_while_another_process_finishes_first(seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
+    def build_while_another_process_finishes_first(
+        seed: int = 0,
+    ) -> StableDiffusionXLImg2ImgPipeline:
         monkeypatch.setattr(tiny_model, "build_tiny_pipeline", real_build)
         make_tiny_pipeline(out, seed)  # the "other process"
         return real_build(seed)
 
-    monkeypatch.setattr(tiny_model, "build_tiny_pipeline", build_while_another_process_finishes_first)
+    monkeypatch.setattr(
+        tiny_model, "build_tiny_pipeline", build_while_another_process_finishes_first
+    )
     assert make_tiny_pipeline(out) == out
     assert is_complete_pipeline_dir(out)
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
