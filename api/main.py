@@ -10,6 +10,7 @@ from sqlalchemy import text
 from api.deps import SessionDep
 from api.errors import install_error_handlers
 from api.img2img.endpoints import router as img2img_router
+from api.img2img.listing import router as listing_router
 
 
 def create_app() -> FastAPI:
@@ -30,6 +31,7 @@ def create_app() -> FastAPI:
             response.headers["x-remaining-credits"] = str(balance)
         return response
 
+    app.include_router(listing_router)
     app.include_router(img2img_router)
 
     @app.get("/health", tags=["ops"])

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from common import credits
@@ -98,3 +98,25 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def list_jobs(
+    session: Session,
+    account_id: uuid.UUID,
+    *,
+    limit: int,
+    status: JobStatus | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Job]:
+    """One account's jobs, newest first, strictly after the keyset `before` if given.
+
+    Keyset pagination on (created_at, id): stable under concurrent inserts, and served
+    by the (account_id, created_at) index whatever the page.
+    """
+    query = select(Job).where(Job.account_id == account_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if before is not None:
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(*before))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.execute(query).scalars())

@@ -1,0 +1,83 @@
+"""`GET /v2/requests`: the caller's own requests, newest first, cursor-paginated."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from api.deps import CurrentAccount, SessionDep
+from api.errors import ApiError
+from common import jobs
+from common.models import Job, JobStatus
+
+router = APIRouter(tags=["ssd-img2img"])
+
+
+class RequestSummary(BaseModel):
+    request_id: str
+    status: JobStatus
+    samples: int
+    num_inference_steps: int
+    cost: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class RequestPage(BaseModel):
+    requests: list[RequestSummary]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next (older) page; null on the last page."
+    )
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, job_id = raw.partition("|")
+        return datetime.fromisoformat(created), uuid.UUID(job_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ApiError(400, "cursor: not a cursor returned by this endpoint") from None
+
+
+@router.get(
+    "/v2/requests",
+    response_model=RequestPage,
+    responses={400: {"description": "Invalid cursor or status."}, 401: {"description": "Bad key."}},
+)
+def list_requests(
+    session: SessionDep,
+    account: CurrentAccount,
+    status: Annotated[JobStatus | None, Query(description="Only requests in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> RequestPage:
+    before = decode_cursor(cursor) if cursor else None
+    # One extra row tells whether another page follows without a COUNT query.
+    rows = jobs.list_jobs(session, account.id, limit=limit + 1, status=status, before=before)
+    page = rows[:limit]
+    return RequestPage(
+        requests=[
+            RequestSummary(
+                request_id=str(job.id),
+                status=job.status,
+                samples=int(job.params["samples"]),
+                num_inference_steps=int(job.params["num_inference_steps"]),
+                cost=job.cost,
+                created_at=job.created_at,
+                finished_at=job.finished_at,
+            )
+            for job in page
+        ],
+        next_cursor=encode_cursor(page[-1]) if len(rows) > limit else None,
+    )
