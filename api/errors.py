@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response (Segmind's SDK reads `error`)."""
+
+    error: str
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request; the message names the field.",
+    401: "Missing, unknown or revoked API key.",
+    404: "Unknown (or another account's) request.",
+    406: "Not enough credits; the message states cost and balance.",
+    409: "The request is in a state that does not allow this.",
+    413: "Request body too large.",
+    422: "The request FAILED; the body carries `status` and `error`.",
+    429: "Rate limit or jobs-in-flight cap reached; see Retry-After.",
+    503: "A dependency is unavailable; retry later.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error codes, all with the ErrorBody schema."""
+    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
 class ApiError(Exception):

@@ -9,9 +9,10 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname
 
 timed() {  # timed NAME DIR CMD...: runs CMD in DIR, prints "NAME: N s (exit E)"
     local name=$1 dir=$2; shift 2
-    local start end rc=0
+    local start end rc=0 log
+    log="$work/$(echo "$name" | tr -c 'A-Za-z0-9\n' '_').log"
     start=$(date +%s.%N)
-    (cd "$dir" && "$@") >"$work/$name.log" 2>&1 || rc=$?
+    (cd "$dir" && "$@") >"$log" 2>&1 || rc=$?
     end=$(date +%s.%N)
     printf '%s: %.1f s (exit %d)\n' "$name" "$(echo "$end - $start" | bc)" "$rc"
 }
@@ -23,5 +24,5 @@ ls "$work/demo/out"
 if [ "${1:-}" != "--skip-ci" ]; then
     git clone -q "$src" "$work/ci"
     timed ".ci/run, fresh clone" "$work/ci" env CI=true bash .ci/run
-    grep -E "passed|failed" "$work/ci/.ci/run.log" "$work/.ci/run, fresh clone.log" 2>/dev/null | tail -1 || true
+    grep -E "passed|failed" "$work"/_ci_run*.log | tail -1 || true
 fi

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep, set_remaining_credits
-from api.errors import ApiError
+from api.errors import ApiError, error_responses
 from api.img2img import service
 from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
 from common import jobs
@@ -22,11 +21,8 @@ from common.tasks import enqueue_job
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ssd-img2img"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid request: the message names the field."},
-    401: {"description": "Missing or invalid API key."},
-    406: {"description": "Not enough credits."},
-}
+SUBMIT_ERRORS = error_responses(400, 401, 406, 413, 429)
+READ_ERRORS = error_responses(401, 404)
 
 
 def _base_url(request: Request, settings: Settings) -> str:
@@ -49,7 +45,7 @@ def _load(session: SessionDep, account: CurrentAccount, request_id: str) -> Job:
     return job
 
 
-@router.post("/v2/ssd-img2img", response_model=SubmitResponse, responses=ERRORS)
+@router.post("/v2/ssd-img2img", response_model=SubmitResponse, responses=SUBMIT_ERRORS)
 def submit_v2(
     body: Img2ImgRequest,
     request: Request,
@@ -81,7 +77,7 @@ def submit_v2(
 @router.get(
     "/v2/requests/{request_id}/status",
     response_model=StatusResponse,
-    responses={**ERRORS, 404: {"description": "Unknown request."}, 422: {"description": "FAILED."}},
+    responses={**READ_ERRORS, 422: {"model": StatusResponse, "description": "FAILED."}},
 )
 def get_status(request_id: str, session: SessionDep, account: CurrentAccount) -> JSONResponse:
     job = _load(session, account, request_id)
@@ -100,7 +96,7 @@ def get_status(request_id: str, session: SessionDep, account: CurrentAccount) ->
 @router.get(
     "/v2/requests/{request_id}",
     response_model=ResultResponse,
-    responses={**ERRORS, 404: {"description": "Unknown request."}, 422: {"description": "FAILED."}},
+    responses={**READ_ERRORS, 422: {"model": ResultResponse, "description": "FAILED."}},
 )
 def get_result(
     request_id: str, session: SessionDep, store: StorageDep, account: CurrentAccount

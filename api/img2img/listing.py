@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.deps import CurrentAccount, SessionDep
-from api.errors import ApiError
+from api.errors import ApiError, error_responses
 from common import jobs
 from common.models import Job, JobStatus
 
@@ -53,7 +53,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 @router.get(
     "/v2/requests",
     response_model=RequestPage,
-    responses={400: {"description": "Invalid cursor or status."}, 401: {"description": "Bad key."}},
+    responses=error_responses(400, 401),
 )
 def list_requests(
     session: SessionDep,
