@@ -23,6 +23,7 @@ class ErrorBody(BaseModel):
 _DESCRIPTIONS = {
     400: "Invalid request; the message names the field.",
     401: "Missing, unknown or revoked API key.",
+    403: "The account is suspended.",
     404: "Unknown (or another account's) request.",
     406: "Not enough credits; the message states cost and balance.",
     409: "The request is in a state that does not allow this.",

@@ -18,6 +18,12 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+# 8-bit pixel modes that convert to RGB without guessing: grayscale, palette and alpha
+# (flattened on white) are fine. CMYK needs a colour profile to look right and 16-bit
+# samples would be silently truncated, so those are refused with a message that says
+# what to send instead (README, "Input images").
+ALLOWED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_SIDE = 64
 _DATA_URI = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
 
@@ -76,6 +82,7 @@ def prepare(raw: bytes, *, max_pixels: int, max_side: int) -> PreparedImage:
         raise ImageError(f"image: {width}x{height} is more than the limit of {max_pixels} pixels")
     if getattr(img, "n_frames", 1) > 1:
         raise ImageError("image: animated images are not supported")
+    _check_pixel_format(img, raw)
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
@@ -91,6 +98,17 @@ def prepare(raw: bytes, *, max_pixels: int, max_side: int) -> PreparedImage:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return PreparedImage(png=buf.getvalue(), width=w, height=h)
+
+
+def _check_pixel_format(img: Image.Image, raw: bytes) -> None:
+    if img.mode == "CMYK":
+        raise ImageError("image: CMYK images are not supported; send an RGB image")
+    # Pillow reads 16-bit RGB(A) PNGs as 8-bit modes, so the bit depth is taken from
+    # the IHDR chunk, which always comes first: byte 24 of the file.
+    if img.format == "PNG" and raw.startswith(_PNG_SIGNATURE) and len(raw) > 24 and raw[24] == 16:
+        raise ImageError("image: 16-bit PNGs are not supported; send an 8-bit image")
+    if img.mode not in ALLOWED_MODES:
+        raise ImageError(f"image: pixel mode {img.mode} is not supported; send an 8-bit RGB image")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

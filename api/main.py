@@ -7,10 +7,16 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import text
 
+from api.account import router as account_router
+from api.admin.endpoints import router as admin_router
+from api.body_limit import RequestBodyLimit
 from api.deps import SessionDep
 from api.errors import install_error_handlers
 from api.img2img.endpoints import router as img2img_router
 from api.img2img.listing import router as listing_router
+from api.img2img.sync import router as sync_router
+from api.job_waiters import job_waiters_lifespan
+from common.settings import get_settings
 
 
 def create_app() -> FastAPI:
@@ -18,8 +24,12 @@ def create_app() -> FastAPI:
         title="ssd-img2img",
         version="0.1.0",
         description="Segmind-compatible image-to-image API for SSD-1B.",
+        # One Redis subscriber per process wakes the synchronous (v1) waiters.
+        lifespan=job_waiters_lifespan,
     )
     install_error_handlers(app)
+    # 413 for bodies above MAX_REQUEST_BYTES, before they are read into memory.
+    app.add_middleware(RequestBodyLimit, max_bytes=get_settings().request_body_limit)
 
     @app.middleware("http")
     async def remaining_credits_header(
@@ -29,10 +39,16 @@ def create_app() -> FastAPI:
         balance = getattr(request.state, "remaining_credits", None)
         if balance is not None:
             response.headers["x-remaining-credits"] = str(balance)
+        # X-RateLimit-* of the caller's key (api/ratelimit.py), on successes and errors.
+        for name, value in getattr(request.state, "rate_limit_headers", {}).items():
+            response.headers[name] = value
         return response
 
     app.include_router(listing_router)
     app.include_router(img2img_router)
+    app.include_router(sync_router)
+    app.include_router(account_router)
+    app.include_router(admin_router)
 
     @app.get("/health", tags=["ops"])
     def health(session: SessionDep) -> dict[str, str]:

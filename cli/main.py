@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from cli import accounts as accounts_commands
 from cli import stack as local_stack
 from common import accounts
 from common.db import session_scope
@@ -40,6 +41,12 @@ def accounts_create(name: str, initial_credits: int, as_json: bool) -> None:
     else:
         click.echo(f"account {account_id} ({name}) with {initial_credits} credits")
         click.echo(f"api key (shown once): {key.raw}")
+
+
+# list, show, add-credits, suspend, reactivate, set-limits; and the `keys` group.
+for _command in accounts_commands.ACCOUNT_COMMANDS:
+    accounts_group.add_command(_command)
+main.add_command(accounts_commands.keys_group)
 
 
 @main.group("model")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -55,13 +56,17 @@ def service_env(services: Services, api_url: str, model_dir: Path) -> dict[str, 
         "MODEL_DEVICE": "cpu",
         # The local stack runs a local model folder; never reach out to a model hub.
         "HF_HUB_OFFLINE": "1",
+        # A fresh operator token per stack, for the /admin API (`.stack/env` holds it).
+        "ADMIN_TOKEN": secrets.token_urlsafe(32),
+        # Everything runs on loopback here, image URLs included; production keeps it off.
+        "ALLOW_LOOPBACK_URLS": "true",
     }
 
 
 def write_env_file(path: Path, env: Mapping[str, str]) -> None:
     lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
     path.write_text("# Written by `ssd-img2img stack up`; source it.\n" + "\n".join(lines) + "\n")
-    path.chmod(0o600)  # holds the S3 secret
+    path.chmod(0o600)  # holds the S3 secret and the admin token
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -95,10 +100,10 @@ def ensure_tiny_model(model_dir: Path) -> None:
     )
 
 
-def start_api(state_dir: Path, env: Mapping[str, str], port: int) -> None:
+def start_api(state_dir: Path, env: Mapping[str, str], port: int, name: str = API) -> None:
     argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--no-access-log"]
-    start_process(API, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
+    start_process(name, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
 
 
 def start_worker(state_dir: Path, env: Mapping[str, str], name: str = WORKER) -> Path:

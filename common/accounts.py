@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from common import credits
 from common.models import Account, AccountStatus, ApiKey
@@ -58,3 +58,14 @@ def authenticate(session: Session, raw_key: str) -> Account | None:
     if row is None or row.status != AccountStatus.ACTIVE:
         return None
     return row
+
+
+def find_key(session: Session, raw_key: str) -> ApiKey | None:
+    """The key row for this raw key, revoked or not, with its account loaded; None if
+    unknown. Lets the API say *why* a request is refused (revoked key, suspended
+    account), which a holder of the raw key may know; `authenticate` is the yes/no."""
+    return session.execute(
+        select(ApiKey)
+        .options(joinedload(ApiKey.account))
+        .where(ApiKey.key_hash == hash_key(raw_key))
+    ).scalar_one_or_none()

@@ -88,3 +88,47 @@ def refund_job(session: Session, job: Job) -> bool:
         .values(balance=Account.balance + job.cost)
     )
     return True
+
+
+class WouldOverdraw(Exception):
+    def __init__(self, amount: int, balance: int) -> None:
+        super().__init__(
+            f"amount: {amount} would take the balance ({balance}) below zero; "
+            f"the most that can be removed is {balance}"
+        )
+        self.amount = amount
+        self.balance = balance
+
+
+def operator_change(
+    session: Session,
+    account_id: uuid.UUID,
+    amount: int,
+    reason: LedgerReason,
+    note: str | None = None,
+) -> tuple[int, CreditLedgerEntry]:
+    """An operator's grant or adjustment: returns (new balance, the ledger entry).
+
+    Like a debit, one conditional UPDATE: a negative adjustment can never overdraw,
+    whatever runs at the same time. Raises WouldOverdraw instead.
+    """
+    if reason not in (LedgerReason.GRANT, LedgerReason.ADJUSTMENT):
+        raise ValueError(f"{reason} entries are written by jobs, not by operators")
+    if amount == 0 or (reason == LedgerReason.GRANT and amount < 0):
+        raise ValueError("a grant must be positive and an adjustment non-zero")
+    balance = session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.balance + amount >= 0)
+        .values(balance=Account.balance + amount)
+        .returning(Account.balance)
+    ).scalar_one_or_none()
+    if balance is None:
+        current = session.execute(
+            select(Account.balance).where(Account.id == account_id)
+        ).scalar_one()
+        raise WouldOverdraw(amount, current)
+    entry = CreditLedgerEntry(account_id=account_id, amount=amount, reason=reason, note=note)
+    session.add(entry)
+    session.flush()
+    session.refresh(entry)  # created_at is the database's
+    return balance, entry

@@ -79,11 +79,18 @@ class LedgerReason(enum.StrEnum):
     GRANT = "grant"  # credits added by an operator
     JOB_DEBIT = "job_debit"  # charged when a job is accepted
     JOB_REFUND = "job_refund"  # returned when a job ends FAILED or CANCELLED
+    # An operator's correction, of either sign, always with a note saying why: the
+    # ledger is append-only, so mistakes are fixed by new entries, never by edits.
+    ADJUSTMENT = "adjustment"
 
 
 class Account(Base):
     __tablename__ = "accounts"
-    __table_args__ = (CheckConstraint("balance >= 0", name="balance_non_negative"),)
+    __table_args__ = (
+        CheckConstraint("balance >= 0", name="balance_non_negative"),
+        CheckConstraint("rate_limit_per_minute > 0", name="rate_limit_per_minute_positive"),
+        CheckConstraint("max_jobs_in_flight > 0", name="max_jobs_in_flight_positive"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(200))
@@ -94,6 +101,9 @@ class Account(Base):
         _enum(AccountStatus, "account_status"), default=AccountStatus.ACTIVE
     )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Per-tenant limits; NULL = the settings' defaults (see common.limits).
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)  # per API key
+    max_jobs_in_flight: Mapped[int | None] = mapped_column(Integer)  # QUEUED + PROCESSING
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="account")
 
@@ -119,6 +129,14 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_account_id_created_at", "account_id", "created_at"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        # The in-flight cap counts an account's unfinished jobs at every submit: this
+        # partial index keeps that count proportional to the jobs in flight, not to
+        # the account's whole history.
+        Index(
+            "ix_jobs_account_id_in_flight",
+            "account_id",
+            postgresql_where="status IN ('QUEUED', 'PROCESSING')",
+        ),
         CheckConstraint("cost >= 0", name="cost_non_negative"),
     )
 

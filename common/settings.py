@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,12 +38,43 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, ge=64 * 64)
     max_output_side: int = Field(default=1024, ge=64)
     max_prompt_chars: int = Field(default=2000, ge=1)
+    # Request bodies above this are refused with 413 before they are read. Unset: derived
+    # from MAX_IMAGE_BYTES (see `request_body_limit`).
+    max_request_bytes: int | None = Field(default=None, ge=1024)
+    # `image` may be an http(s) URL; the fetch (every redirect included) must finish
+    # within this many seconds, and its body is limited to MAX_IMAGE_BYTES.
+    image_fetch_timeout_seconds: float = Field(default=10, gt=0, le=120)
+    # Outbound URLs (input images, webhooks) may point at 127.0.0.0/8 and ::1. Only for
+    # local development and tests: in production it would let clients reach services
+    # on the API host. Every other private or reserved address is refused regardless.
+    allow_loopback_urls: bool = False
+    # Bearer token of the operator's /admin API; unset (or empty) = the admin API is off.
+    admin_token: SecretStr | None = None
+    # Per-tenant limits for accounts that have no value of their own (NULL columns).
+    # Requests per API key and minute, status polls included: the Segmind SDK polls once a
+    # second per job, so 600 leaves room for several jobs in flight per key.
+    default_rate_limit_per_minute: int = Field(default=600, ge=1)
+    default_max_jobs_in_flight: int = Field(default=16, ge=1)  # QUEUED + PROCESSING
+    # v1 (synchronous) requests: how long the call waits for its job before answering
+    # 504 with the request id (the job goes on; poll it through v2), and how often one
+    # query per API process re-checks all waited-for jobs, in case a Redis
+    # notification was lost.
+    sync_wait_timeout_seconds: float = Field(default=300, gt=0, le=3600)
+    sync_wait_recheck_seconds: float = Field(default=5, gt=0, le=300)
 
     # --- worker ---------------------------------------------------------------------
     model_id: str = "segmind/SSD-1B"
     model_device: Literal["auto", "cpu", "cuda"] = "auto"
     model_variant: str | None = None
     gpu_queue: str = "gpu"
+
+    @property
+    def request_body_limit(self) -> int:
+        """MAX_REQUEST_BYTES, or room for the largest allowed image as base64 (4/3 of
+        its bytes) plus 256 KiB for the prompts, a data: URI prefix and the other fields."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return self.max_image_bytes * 4 // 3 + 256 * 1024
 
 
 @lru_cache

@@ -50,6 +50,11 @@ class Stack:
         )
         return data["id"], data["api_key"]
 
+    def admin(self) -> httpx.Client:
+        """A client of the /admin API, with this stack's ADMIN_TOKEN."""
+        headers = {"authorization": f"Bearer {self.env['ADMIN_TOKEN']}"}
+        return httpx.Client(base_url=f"{self.api_url}/admin", headers=headers, timeout=60)
+
     def client(self, api_key: str | None = None) -> httpx.Client:
         headers = {"x-api-key": api_key} if api_key else {}
         return httpx.Client(base_url=self.api_url, headers=headers, timeout=60)
@@ -71,6 +76,10 @@ def services_env(
     try:
         services = start_services(state_dir, fast=True)
         env = stack.service_env(services, f"http://127.0.0.1:{free_port()}", tiny_model_dir)
+        # Tests poll job status at 10 Hz and hold many jobs at once; the limit tests set
+        # low limits per account instead (tests/test_limits.py).
+        env["DEFAULT_RATE_LIMIT_PER_MINUTE"] = "1000000"
+        env["DEFAULT_MAX_JOBS_IN_FLIGHT"] = "1000000"
         stack.migrate(env)
         # In-process code (direct database checks) reads the same settings.
         os.environ.update(env)

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from common import jobs, storage
+from common import jobs, notify, storage
 from common.db import session_scope
+from common.models import JobStatus
 from common.storage import Storage
 from worker.pipeline import GenerationRequest, generate
 
@@ -97,7 +98,9 @@ def execute(job_id: uuid.UUID, pipe: StableDiffusionXLImg2ImgPipeline, store: St
     except Exception as exc:
         logger.exception("job %s failed", job_id)
         with session_scope() as session:
-            jobs.fail(session, job_id, f"generation failed: {type(exc).__name__}: {exc}")
+            failed = jobs.fail(session, job_id, f"generation failed: {type(exc).__name__}: {exc}")
+        if failed:  # after the commit: a woken waiter must find the row terminal
+            notify.publish_job_finished(job_id, JobStatus.FAILED)
         return
     metrics = {
         "queue_time": job.queue_time,
@@ -107,4 +110,5 @@ def execute(job_id: uuid.UUID, pipe: StableDiffusionXLImg2ImgPipeline, store: St
         if not jobs.complete(session, job_id, keys, metrics):
             logger.warning("job %s was no longer PROCESSING; result not recorded", job_id)
             return
+    notify.publish_job_finished(job_id, JobStatus.COMPLETED)  # after the commit, never before
     logger.info("job %s completed in %.2fs", job_id, metrics["inference_time"])

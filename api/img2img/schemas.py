@@ -16,7 +16,10 @@ class Img2ImgRequest(BaseModel):
     # Unknown fields are ignored, as Segmind does: clients send extras like `base64`.
     model_config = ConfigDict(extra="ignore")
 
-    image: str = Field(description="Input image: base64 (plain or a data: URI).", min_length=1)
+    image: str = Field(
+        description="Input image: base64 (plain or a data: URI), or an http(s) URL to fetch.",
+        min_length=1,
+    )
     prompt: str = Field(description="Prompt to render.", min_length=1)
     negative_prompt: str | None = Field(default=None, description="What to keep out of the image.")
     samples: int = Field(default=1, ge=1, le=4, strict=True, description="Images to generate.")

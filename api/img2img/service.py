@@ -9,9 +9,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from api.images import ImageError, decode_base64, prepare
+from api.image_source import load_image_bytes
+from api.images import ImageError, prepare
 from api.img2img.schemas import MAX_SEED, Img2ImgRequest
-from common import credits, storage
+from common import credits, limits, storage
 from common.models import Account, Job, JobStatus
 from common.settings import Settings
 from common.storage import Storage
@@ -28,8 +29,13 @@ def _check_request(req: Img2ImgRequest, settings: Settings) -> None:
             "strength: too low for num_inference_steps; "
             "int(num_inference_steps * strength) must be at least 1",
         )
-    if req.image.startswith(("http://", "https://")):
-        raise ApiError(400, "image: URLs are not supported yet; send the image as base64")
+
+
+def _check_in_flight(session: Session, account: Account, settings: Settings, *, lock: bool) -> None:
+    try:
+        limits.check_jobs_in_flight(session, account, settings, lock=lock)
+    except limits.TooManyJobsInFlight as exc:
+        raise ApiError(429, str(exc)) from exc
 
 
 def submit(
@@ -42,17 +48,18 @@ def submit(
     an unreferenced object is left for retention to delete, never a job without input.
     """
     _check_request(req, settings)
+    _check_in_flight(session, account, settings, lock=False)  # early, before any I/O
+    cost = credits.job_cost(req.samples, req.num_inference_steps)
+    if account.balance < cost:  # cheap early refusal (before fetching an image URL);
+        # the conditional debit below is the real check
+        raise ApiError(406, str(credits.InsufficientCredits(cost, account.balance)))
     try:
-        raw = decode_base64(req.image, settings.max_image_bytes)
+        raw = load_image_bytes(req.image, settings)  # base64, data: URI or http(s) URL
         image = prepare(
             raw, max_pixels=settings.max_image_pixels, max_side=settings.max_output_side
         )
     except ImageError as exc:
         raise ApiError(400, str(exc)) from exc
-
-    cost = credits.job_cost(req.samples, req.num_inference_steps)
-    if account.balance < cost:  # cheap early refusal; the debit below is the real check
-        raise ApiError(406, str(credits.InsufficientCredits(cost, account.balance)))
 
     job_id = uuid.uuid4()
     seed = req.seed if req.seed != -1 else secrets.randbelow(MAX_SEED - 4)
@@ -61,6 +68,9 @@ def submit(
     key = storage.input_key(account.id, job_id)
     store.put(key, image.png, "image/png")
 
+    # The real in-flight check: locks the account row until commit, so concurrent
+    # submits of one account count one after another (the debit below needs it too).
+    _check_in_flight(session, account, settings, lock=True)
     job = Job(
         id=job_id,
         account_id=account.id,

@@ -1,0 +1,250 @@
+"""`ssd-img2img accounts ...` and `ssd-img2img keys ...`: the /admin API's operations,
+run directly against the database through the same service (common.account_admin).
+
+With --json each command prints exactly the body the matching /admin endpoint answers.
+Limits shown as "in force" use this process's settings (DEFAULT_* variables), so run
+the CLI with the service's environment.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from api.admin import schemas
+from common import account_admin
+from common.db import session_scope
+from common.models import AccountStatus, LedgerReason
+from common.settings import get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LimitValue(click.ParamType):
+    """A positive integer, or `default` for the service's default (stored as NULL)."""
+
+    name = "N|default"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or value is None:
+            return value
+        if str(value).lower() == "default":
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a positive integer nor 'default'", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not positive", param, ctx)
+        return number
+
+
+def _json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the admin API's JSON.")(func)
+
+
+@contextmanager
+def _operation() -> Iterator[Session]:
+    """One transaction; the service's refusals become CLI errors (exit status 1)."""
+    try:
+        with session_scope() as session:
+            yield session
+    except account_admin.AdminError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _emit(model: BaseModel, as_json: bool, text: str) -> None:
+    click.echo(model.model_dump_json() if as_json else text)
+
+
+def _describe(account: schemas.AccountView) -> str:
+    overrides = account.limit_overrides
+    return (
+        f"{account.id}  {account.name}  {account.status.value}  balance {account.balance}  "
+        f"rate {account.limits.rate_limit_per_minute}/min"
+        f"{'' if overrides.rate_limit_per_minute is not None else ' (default)'}  "
+        f"in flight max {account.limits.max_jobs_in_flight}"
+        f"{'' if overrides.max_jobs_in_flight is not None else ' (default)'}"
+    )
+
+
+def _describe_key(key: schemas.KeyView) -> str:
+    state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+    return (
+        f"{key.id}  {key.prefix}…  {key.name or '-'}  created {key.created_at.isoformat()}  {state}"
+    )
+
+
+# --- accounts ---------------------------------------------------------------------------
+
+
+@click.command("list")
+@click.option("--limit", type=click.IntRange(1, 200), default=50, show_default=True)
+@click.option("--cursor", help="next_cursor of the previous page.")
+@click.option("--status", type=click.Choice([s.value for s in AccountStatus]))
+@_json_option
+def accounts_list(limit: int, cursor: str | None, status: str | None, as_json: bool) -> None:
+    """Accounts, newest first."""
+    settings = get_settings()
+    with _operation() as session:
+        page = account_admin.list_accounts(
+            session, limit=limit, cursor=cursor, status=AccountStatus(status) if status else None
+        )
+        body = schemas.AccountPage(
+            accounts=[schemas.account_view(a, settings) for a in page.accounts],
+            next_cursor=page.next_cursor,
+        )
+    lines = [_describe(a) for a in body.accounts]
+    if body.next_cursor:
+        lines.append(f"more: --cursor {body.next_cursor}")
+    _emit(body, as_json, "\n".join(lines) or "no accounts")
+
+
+@click.command("show")
+@click.argument("account_id", type=click.UUID)
+@_json_option
+def accounts_show(account_id: uuid.UUID, as_json: bool) -> None:
+    """One account: balance, limits, jobs in flight, keys, newest ledger entries."""
+    with _operation() as session:
+        account = account_admin.get_account(session, account_id)
+        body = schemas.account_detail(session, account, get_settings())
+    lines = [
+        _describe(body),
+        f"jobs in flight {body.jobs_in_flight}, active keys {body.active_keys}",
+        *(
+            f"  {e.created_at.isoformat()}  {e.amount:+d}  {e.reason.value}"
+            f"{'  job ' + str(e.job_id) if e.job_id else ''}{'  ' + e.note if e.note else ''}"
+            for e in body.recent_ledger
+        ),
+    ]
+    _emit(body, as_json, "\n".join(lines))
+
+
+@click.command("add-credits")
+@click.argument("account_id", type=click.UUID)
+@click.argument("amount", type=int)
+@click.option(
+    "--adjust",
+    is_flag=True,
+    help="Record an adjustment (either sign; needs --note) instead of a grant. "
+    "Give a negative AMOUNT after `--`: add-credits ID --adjust --note why -- -50",
+)
+@click.option("--note", help="Why; kept in the ledger.")
+@_json_option
+def accounts_add_credits(
+    account_id: uuid.UUID, amount: int, adjust: bool, note: str | None, as_json: bool
+) -> None:
+    """Add AMOUNT credits (a ledger GRANT), or adjust the balance with --adjust."""
+    reason = LedgerReason.ADJUSTMENT if adjust else LedgerReason.GRANT
+    with _operation() as session:
+        account, entry = account_admin.add_credits(session, account_id, amount, reason, note)
+        body = schemas.CreditsChanged(
+            account=schemas.account_view(account, get_settings()),
+            entry=schemas.ledger_entry_view(entry),
+        )
+    _emit(body, as_json, f"{reason.value} {amount:+d}: balance {body.account.balance}")
+
+
+def _status_command(name: str, new: AccountStatus, doc: str) -> click.Command:
+    @click.command(name, help=doc)
+    @click.argument("account_id", type=click.UUID)
+    @_json_option
+    def command(account_id: uuid.UUID, as_json: bool) -> None:
+        with _operation() as session:
+            account = account_admin.set_status(session, account_id, new)
+            body = schemas.account_view(account, get_settings())
+        _emit(body, as_json, _describe(body))
+
+    return command
+
+
+accounts_suspend = _status_command(
+    "suspend",
+    AccountStatus.SUSPENDED,
+    "Refuse every API call of the account (403) until reactivated.",
+)
+accounts_reactivate = _status_command(
+    "reactivate", AccountStatus.ACTIVE, "Let a suspended account use the API again."
+)
+
+
+@click.command("set-limits")
+@click.argument("account_id", type=click.UUID)
+@click.option("--rate-limit", type=LimitValue(), help="Requests per minute per key, or 'default'.")
+@click.option("--max-in-flight", type=LimitValue(), help="Jobs queued+processing, or 'default'.")
+@_json_option
+def accounts_set_limits(
+    account_id: uuid.UUID,
+    rate_limit: int | None,
+    max_in_flight: int | None,
+    as_json: bool,
+) -> None:
+    """Set the account's own limits; options left out stay as they are."""
+    ctx = click.get_current_context()
+    changes: dict[str, int | None] = {}
+    if ctx.get_parameter_source("rate_limit") != click.core.ParameterSource.DEFAULT:
+        changes["rate_limit_per_minute"] = rate_limit
+    if ctx.get_parameter_source("max_in_flight") != click.core.ParameterSource.DEFAULT:
+        changes["max_jobs_in_flight"] = max_in_flight
+    if not changes:
+        raise click.UsageError("give --rate-limit and/or --max-in-flight")
+    with _operation() as session:
+        account = account_admin.set_limits(session, account_id, **changes)
+        body = schemas.account_view(account, get_settings())
+    _emit(body, as_json, _describe(body))
+
+
+ACCOUNT_COMMANDS: list[click.Command] = [
+    accounts_list,
+    accounts_show,
+    accounts_add_credits,
+    accounts_suspend,
+    accounts_reactivate,
+    accounts_set_limits,
+]
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """API keys of accounts (only their prefixes are ever shown after creation)."""
+
+
+@keys_group.command("create")
+@click.argument("account_id", type=click.UUID)
+@click.option("--name", help="A label for the key.")
+@_json_option
+def keys_create(account_id: uuid.UUID, name: str | None, as_json: bool) -> None:
+    """A new API key for the account; the key is printed this once."""
+    with _operation() as session:
+        body = schemas.new_key_view(account_admin.create_key(session, account_id, name))
+    _emit(body, as_json, f"{_describe_key(body)}\napi key (shown once): {body.api_key}")
+
+
+@keys_group.command("list")
+@click.argument("account_id", type=click.UUID)
+@_json_option
+def keys_list(account_id: uuid.UUID, as_json: bool) -> None:
+    """The account's keys, revoked ones included."""
+    with _operation() as session:
+        keys = account_admin.list_keys(session, account_id)
+        body = schemas.KeyList(keys=[schemas.key_view(k) for k in keys])
+    _emit(body, as_json, "\n".join(_describe_key(k) for k in body.keys) or "no keys")
+
+
+@keys_group.command("revoke")
+@click.argument("key_id", type=click.UUID)
+@_json_option
+def keys_revoke(key_id: uuid.UUID, as_json: bool) -> None:
+    """Revoke a key for good: its next request gets 401."""
+    with _operation() as session:
+        body = schemas.key_view(account_admin.revoke_key(session, key_id))
+    _emit(body, as_json, _describe_key(body))

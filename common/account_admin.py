@@ -1,0 +1,232 @@
+"""The operator's view of accounts and keys: shared by the /admin API and the CLI.
+
+Functions here never commit: the request or command that opened the session does.
+They raise AdminError subclasses, which both front ends turn into messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from common import accounts, credits
+from common.models import Account, AccountStatus, ApiKey, CreditLedgerEntry, LedgerReason
+
+
+class AdminError(Exception):
+    """A refusal meant for the operator."""
+
+
+class NotFound(AdminError):
+    pass
+
+
+class InvalidInput(AdminError):
+    pass
+
+
+class Conflict(AdminError):
+    pass
+
+
+class _Keep:
+    """Marks a limit that `set_limits` leaves as it is (None means 'the default')."""
+
+
+KEEP: Final = _Keep()
+
+# Bounds one operator change, so a typo cannot overflow the 64-bit balance.
+MAX_CREDIT_CHANGE = 10**12
+# Bounds a per-account limit (the columns are 32-bit).
+MAX_LIMIT_VALUE = 1_000_000
+
+
+@dataclass(frozen=True)
+class AccountPage:
+    accounts: list[Account]
+    next_cursor: str | None
+
+
+def get_account(session: Session, account_id: uuid.UUID) -> Account:
+    account = session.get(Account, account_id)
+    if account is None:
+        raise NotFound(f"account {account_id} not found")
+    return account
+
+
+def list_accounts(
+    session: Session,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    status: AccountStatus | None = None,
+) -> AccountPage:
+    """Accounts, newest first, in keyset pages on (created_at, id)."""
+    query = select(Account)
+    if status is not None:
+        query = query.where(Account.status == status)
+    if cursor:
+        query = query.where(tuple_(Account.created_at, Account.id) < tuple_(*_decode(cursor)))
+    query = query.order_by(Account.created_at.desc(), Account.id.desc()).limit(limit + 1)
+    rows = list(session.execute(query).scalars())
+    page = rows[:limit]
+    return AccountPage(page, _encode(page[-1]) if len(rows) > limit else None)
+
+
+def create_account(
+    session: Session, name: str, initial_credits: int
+) -> tuple[Account, accounts.NewApiKey]:
+    """An account with its first key; the key's raw value is shown once."""
+    if not 0 <= initial_credits <= MAX_CREDIT_CHANGE:
+        raise InvalidInput(f"credits: must be between 0 and {MAX_CREDIT_CHANGE}")
+    account = accounts.create_account(session, name, initial_credits)
+    key = accounts.create_api_key(session, account.id, name="default")
+    session.refresh(account)  # created_at is the database's
+    return account, key
+
+
+def set_status(session: Session, account_id: uuid.UUID, status: AccountStatus) -> Account:
+    """Suspend or reactivate. Suspension refuses the account's every API call at once;
+    jobs it already submitted run to the end."""
+    get_account(session, account_id)
+    session.execute(update(Account).where(Account.id == account_id).values(status=status))
+    return _reloaded(session, account_id)
+
+
+def set_limits(
+    session: Session,
+    account_id: uuid.UUID,
+    *,
+    rate_limit_per_minute: int | _Keep | None = KEEP,
+    max_jobs_in_flight: int | _Keep | None = KEEP,
+) -> Account:
+    """Set an account's own limits; None returns a limit to the settings' default."""
+    get_account(session, account_id)
+    values: dict[str, int | None] = {}
+    for name, value in (
+        ("rate_limit_per_minute", rate_limit_per_minute),
+        ("max_jobs_in_flight", max_jobs_in_flight),
+    ):
+        if isinstance(value, _Keep):
+            continue
+        if value is not None and not 1 <= value <= MAX_LIMIT_VALUE:
+            raise InvalidInput(
+                f"{name}: must be between 1 and {MAX_LIMIT_VALUE} (or null for the default)"
+            )
+        values[name] = value
+    if values:
+        session.execute(update(Account).where(Account.id == account_id).values(**values))
+    return _reloaded(session, account_id)
+
+
+def add_credits(
+    session: Session,
+    account_id: uuid.UUID,
+    amount: int,
+    reason: LedgerReason = LedgerReason.GRANT,
+    note: str | None = None,
+) -> tuple[Account, CreditLedgerEntry]:
+    """A GRANT (positive) or an ADJUSTMENT (either sign, with a note saying why)."""
+    get_account(session, account_id)
+    if reason == LedgerReason.GRANT and amount <= 0:
+        raise InvalidInput(
+            "amount: a grant must be positive; remove credits with reason 'adjustment' and a note"
+        )
+    if reason == LedgerReason.ADJUSTMENT:
+        if amount == 0:
+            raise InvalidInput("amount: an adjustment must not be zero")
+        if not (note and note.strip()):
+            raise InvalidInput("note: an adjustment needs a note saying why")
+    if reason not in (LedgerReason.GRANT, LedgerReason.ADJUSTMENT):
+        raise InvalidInput("reason: must be 'grant' or 'adjustment'")
+    if abs(amount) > MAX_CREDIT_CHANGE:
+        raise InvalidInput(f"amount: at most {MAX_CREDIT_CHANGE} credits in one change")
+    try:
+        _, entry = credits.operator_change(session, account_id, amount, reason, note)
+    except credits.WouldOverdraw as exc:
+        raise Conflict(str(exc)) from exc
+    return _reloaded(session, account_id), entry
+
+
+def recent_ledger(
+    session: Session, account_id: uuid.UUID, limit: int = 20
+) -> list[CreditLedgerEntry]:
+    """The account's newest ledger entries, newest first."""
+    return list(
+        session.execute(
+            select(CreditLedgerEntry)
+            .where(CreditLedgerEntry.account_id == account_id)
+            .order_by(CreditLedgerEntry.id.desc())
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def create_key(session: Session, account_id: uuid.UUID, name: str | None) -> accounts.NewApiKey:
+    get_account(session, account_id)
+    key = accounts.create_api_key(session, account_id, name=name)
+    session.refresh(key.key)  # created_at is the database's
+    return key
+
+
+def list_keys(session: Session, account_id: uuid.UUID) -> list[ApiKey]:
+    get_account(session, account_id)
+    return list(
+        session.execute(
+            select(ApiKey)
+            .where(ApiKey.account_id == account_id)
+            .order_by(ApiKey.created_at, ApiKey.id)
+        ).scalars()
+    )
+
+
+def active_key_count(session: Session, account_id: uuid.UUID) -> int:
+    return session.execute(
+        select(func.count())
+        .select_from(ApiKey)
+        .where(ApiKey.account_id == account_id, ApiKey.revoked_at.is_(None))
+    ).scalar_one()
+
+
+def revoke_key(session: Session, key_id: uuid.UUID) -> ApiKey:
+    """Revoke a key for good; revoking it again changes nothing (idempotent)."""
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+    )
+    key = session.execute(
+        select(ApiKey).where(ApiKey.id == key_id).execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if key is None:
+        raise NotFound(f"API key {key_id} not found")
+    return key
+
+
+def _reloaded(session: Session, account_id: uuid.UUID) -> Account:
+    # The UPDATEs above bypass the identity map: read the row again.
+    return session.execute(
+        select(Account).where(Account.id == account_id).execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def _encode(account: Account) -> str:
+    raw = f"{account.created_at.isoformat()}|{account.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, account_id = raw.partition("|")
+        when = datetime.fromisoformat(created)
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)), uuid.UUID(account_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidInput("cursor: not a cursor returned by this listing") from None

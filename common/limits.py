@@ -1,0 +1,83 @@
+"""Per-tenant limits: an account's own values, or the settings' defaults where it has none.
+
+Two limits exist: a request rate per API key (enforced by the API with Redis, see
+api/ratelimit.py) and a cap on the account's jobs in flight (QUEUED + PROCESSING),
+enforced here, in PostgreSQL, in the transaction that inserts the job.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from common.models import Account, Job, JobStatus
+from common.settings import Settings
+
+IN_FLIGHT_STATUSES = (JobStatus.QUEUED, JobStatus.PROCESSING)
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate_limit_per_minute: int
+    max_jobs_in_flight: int
+
+
+class TooManyJobsInFlight(Exception):
+    def __init__(self, cap: int) -> None:
+        super().__init__(
+            f"too many jobs in flight: this account may have at most {cap} jobs queued or "
+            "processing at once; wait for one to finish, then submit again"
+        )
+        self.cap = cap
+
+
+def effective_limits(account: Account, settings: Settings) -> Limits:
+    return Limits(
+        rate_limit_per_minute=_or_default(
+            account.rate_limit_per_minute, settings.default_rate_limit_per_minute
+        ),
+        max_jobs_in_flight=_or_default(
+            account.max_jobs_in_flight, settings.default_max_jobs_in_flight
+        ),
+    )
+
+
+def jobs_in_flight(session: Session, account_id: uuid.UUID) -> int:
+    return session.execute(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.account_id == account_id, Job.status.in_(IN_FLIGHT_STATUSES))
+    ).scalar_one()
+
+
+def check_jobs_in_flight(
+    session: Session, account: Account, settings: Settings, *, lock: bool
+) -> None:
+    """Raise TooManyJobsInFlight when one more job would exceed the account's cap.
+
+    With `lock=False` this is a cheap early refusal and nothing more: concurrent
+    submits can all pass it. With `lock=True` it first locks the account row
+    (`SELECT ... FOR NO KEY UPDATE`), so the submits of one account count one after
+    another: each sees the jobs the previous ones committed (READ COMMITTED takes a new
+    snapshot per statement). The caller must insert its job in the same transaction;
+    the lock, the one the credit debit takes anyway, is held until that transaction
+    ends. NO KEY UPDATE rather than UPDATE: it serialises submits and debits without
+    blocking the foreign-key checks of other inserts (a worker's refund entry, say).
+    """
+    override = account.max_jobs_in_flight
+    if lock:
+        override = session.execute(
+            select(Account.max_jobs_in_flight)
+            .where(Account.id == account.id)
+            .with_for_update(key_share=True)
+        ).scalar_one()
+    cap = _or_default(override, settings.default_max_jobs_in_flight)
+    if jobs_in_flight(session, account.id) >= cap:
+        raise TooManyJobsInFlight(cap)
+
+
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value

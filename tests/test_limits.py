@@ -1,0 +1,271 @@
+"""Per-tenant limits over HTTP: the per-key request rate (Redis) and the cap on an
+account's jobs in flight (PostgreSQL), set per account through the admin API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from celery import Celery
+from sqlalchemy import func, select
+
+from cli import stack
+from common.db import session_scope
+from common.devstack.ports import free_port
+from common.devstack.process import pidfile_path, stop_pidfile
+from common.models import Job
+from common.settings import get_settings
+from common.tasks import get_celery
+from tests.conftest import Stack
+from tests.helpers import job_body, wait_terminal
+from tests.test_admin import me, new_account
+
+COST = 20  # job_body(): 1 sample × 20 steps
+
+
+def set_limits(live_stack: Stack, account_id: str, **limits: int | None) -> dict:
+    with live_stack.admin() as admin:
+        response = admin.patch(f"/accounts/{account_id}/limits", json=limits)
+    assert response.status_code == 200, response.text
+    body: dict = response.json()
+    return body
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what} after {timeout}s"
+        time.sleep(0.2)
+
+
+def _consuming(app: Celery, queue: str) -> bool | None:
+    """Whether the workers consume `queue`; None while no worker answers (a solo-pool
+    worker answers control messages only between jobs)."""
+    replies = app.control.inspect(timeout=0.5).active_queues() or {}
+    if not replies:
+        return None
+    return any(q["name"] == queue for queues in replies.values() for q in queues)
+
+
+@contextmanager
+def workers_paused() -> Iterator[None]:
+    """The workers stop taking jobs from the queue (Celery's cancel_consumer), so the
+    jobs submitted meanwhile stay QUEUED, in flight, for as long as the test needs."""
+    app, queue = get_celery(), get_settings().gpu_queue
+
+    def paused() -> bool:
+        app.control.cancel_consumer(queue)  # idempotent; repeated until it took effect
+        return _consuming(app, queue) is False
+
+    def resumed() -> bool:
+        app.control.add_consumer(queue)
+        return _consuming(app, queue) is True
+
+    wait_until(paused, "paused")
+    try:
+        yield
+    finally:
+        wait_until(resumed, "consuming again")
+
+
+def jobs_of(account_id: str) -> int:
+    with session_scope() as session:
+        return session.execute(
+            select(func.count()).select_from(Job).where(Job.account_id == uuid.UUID(account_id))
+        ).scalar_one()
+
+
+# --- limits as data -----------------------------------------------------------------------
+
+
+def test_limits_are_per_account_with_defaults(live_stack: Stack) -> None:
+    created = new_account(live_stack)
+    account_id, key = created["account"]["id"], created["api_key"]["api_key"]
+    defaults = created["account"]["limits"]
+    assert created["account"]["limit_overrides"] == {
+        "rate_limit_per_minute": None,
+        "max_jobs_in_flight": None,
+    }
+
+    body = set_limits(live_stack, account_id, max_jobs_in_flight=3)
+    assert body["limits"] == {**defaults, "max_jobs_in_flight": 3}
+    body = set_limits(live_stack, account_id, rate_limit_per_minute=500)  # the other stays
+    assert body["limits"] == {"rate_limit_per_minute": 500, "max_jobs_in_flight": 3}
+    assert me(live_stack, key).json()["limits"] == body["limits"]
+
+    body = set_limits(live_stack, account_id, rate_limit_per_minute=None)  # back to default
+    assert body["limits"] == {**defaults, "max_jobs_in_flight": 3}
+    assert body["limit_overrides"] == {"rate_limit_per_minute": None, "max_jobs_in_flight": 3}
+
+    with live_stack.admin() as admin:
+        for bad in (
+            {"max_jobs_in_flight": 0},
+            {"max_jobs_in_flight": 2**31},
+            {"rate_limit_per_minute": -1},
+            {"rate_limit_per_minute": "5"},
+            {"burst": 5},
+        ):
+            response = admin.patch(f"/accounts/{account_id}/limits", json=bad)
+            assert response.status_code == 400, (bad, response.text)
+            assert next(iter(bad)) in response.json()["error"]
+
+
+# --- request rate -------------------------------------------------------------------------
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(live_stack: Stack) -> None:
+    created = new_account(live_stack, credits=100)
+    account_id, key = created["account"]["id"], created["api_key"]["api_key"]
+    set_limits(live_stack, account_id, rate_limit_per_minute=3)
+
+    with live_stack.client(key) as client:
+        for remaining in (2, 1, 0):
+            response = client.get("/v1/account")
+            assert response.status_code == 200
+            assert response.headers["x-ratelimit-limit"] == "3"
+            assert response.headers["x-ratelimit-remaining"] == str(remaining)
+            assert 1 <= int(response.headers["x-ratelimit-reset"]) <= 60
+
+        for response in (
+            client.get("/v1/account"),
+            client.post("/v2/ssd-img2img", json=job_body()),
+            client.get("/v2/requests"),
+        ):
+            assert response.status_code == 429, response.text
+            assert "rate limit" in response.json()["error"]
+            assert 1 <= int(response.headers["retry-after"]) <= 60
+            assert response.headers["x-ratelimit-remaining"] == "0"
+            assert response.headers["x-remaining-credits"] == "100"
+
+    # The limit counts per key: another key of the same account is not limited...
+    with live_stack.admin() as admin:
+        other = admin.post(f"/accounts/{account_id}/keys", json={"name": "second"}).json()
+    response = me(live_stack, other["api_key"])
+    assert response.status_code == 200
+    # ...and the refused submit was neither charged nor recorded.
+    assert response.json()["balance"] == 100
+    assert jobs_of(account_id) == 0
+
+
+def test_rate_limit_fails_open_without_redis(
+    live_stack: Stack, services_env: tuple[Path, dict[str, str]]
+) -> None:
+    """An API process whose Redis is unreachable serves requests unlimited (and, with
+    no ADMIN_TOKEN, keeps its admin API shut)."""
+    created = new_account(live_stack)
+    set_limits(live_stack, created["account"]["id"], rate_limit_per_minute=1)
+    key = created["api_key"]["api_key"]
+
+    state_dir, env = services_env
+    port, name = free_port(), "api-no-redis"
+    degraded = {
+        **env,
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        "ADMIN_TOKEN": "",
+        "API_URL": f"http://127.0.0.1:{port}",
+    }
+    stack.start_api(state_dir, degraded, port, name=name)
+    try:
+        with httpx.Client(base_url=degraded["API_URL"], timeout=30) as client:
+            wait_until(lambda: _healthy(client), "healthy")
+            for _ in range(3):
+                response = client.get("/v1/account", headers={"x-api-key": key})
+                assert response.status_code == 200, response.text
+                assert "x-ratelimit-limit" not in response.headers
+            response = client.get(
+                "/admin/accounts", headers={"authorization": f"Bearer {env['ADMIN_TOKEN']}"}
+            )
+            assert response.status_code == 503
+            assert "admin API disabled" in response.json()["error"]
+    finally:
+        stop_pidfile(pidfile_path(state_dir, name), timeout=30)
+
+
+def _healthy(client: httpx.Client) -> bool:
+    try:
+        return client.get("/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --- jobs in flight -------------------------------------------------------------------
+
+
+def test_in_flight_cap_refuses_then_admits_once_a_job_finishes(live_stack: Stack) -> None:
+    created = new_account(live_stack, credits=1000)
+    account_id, key = created["account"]["id"], created["api_key"]["api_key"]
+    set_limits(live_stack, account_id, max_jobs_in_flight=1)
+
+    with live_stack.client(key) as client:
+        with workers_paused():
+            first = client.post("/v2/ssd-img2img", json=job_body())
+            assert first.status_code == 200, first.text
+            second = client.post("/v2/ssd-img2img", json=job_body())
+            assert second.status_code == 429, second.text
+            assert "in flight" in second.json()["error"]
+            assert "at most 1" in second.json()["error"]
+            assert int(second.headers["x-remaining-credits"]) == 1000 - COST  # not charged
+        # Once the first job has finished, the account may submit again.
+        assert wait_terminal(client, first.json()["status_url"])["status"] == "COMPLETED"
+        third = client.post("/v2/ssd-img2img", json=job_body())
+        assert third.status_code == 200, third.text
+        wait_terminal(client, third.json()["status_url"])
+    assert jobs_of(account_id) == 2
+
+
+def test_in_flight_cap_holds_under_concurrent_submits(live_stack: Stack) -> None:
+    created = new_account(live_stack, credits=1000)
+    account_id, key = created["account"]["id"], created["api_key"]["api_key"]
+    set_limits(live_stack, account_id, max_jobs_in_flight=3)
+
+    def submit(_: int) -> httpx.Response:
+        with live_stack.client(key) as client:
+            return client.post("/v2/ssd-img2img", json=job_body())
+
+    with workers_paused():
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            responses = list(pool.map(submit, range(10)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200] * 3 + [429] * 7, [r.text for r in responses]
+        with live_stack.admin() as admin:
+            detail = admin.get(f"/accounts/{account_id}").json()
+        assert detail["jobs_in_flight"] == 3
+        assert detail["balance"] == 1000 - 3 * COST
+        assert jobs_of(account_id) == 3
+
+    with live_stack.client(key) as client:
+        for response in responses:
+            if response.status_code == 200:
+                wait_terminal(client, response.json()["status_url"])
+
+
+def test_jobs_of_other_accounts_do_not_count(live_stack: Stack) -> None:
+    cap = 2
+    busy = new_account(live_stack, credits=1000)
+    calm = new_account(live_stack, credits=1000)
+    for created in (busy, calm):
+        set_limits(live_stack, created["account"]["id"], max_jobs_in_flight=cap)
+
+    accepted: list[str] = []
+    with workers_paused():
+        with live_stack.client(busy["api_key"]["api_key"]) as client:
+            for _ in range(cap):
+                response = client.post("/v2/ssd-img2img", json=job_body())
+                assert response.status_code == 200
+                accepted.append(response.json()["status_url"])
+            assert client.post("/v2/ssd-img2img", json=job_body()).status_code == 429
+        with live_stack.client(calm["api_key"]["api_key"]) as client:
+            response = client.post("/v2/ssd-img2img", json=job_body())
+            assert response.status_code == 200, response.text
+            accepted.append(response.json()["status_url"])
+
+    with live_stack.client(busy["api_key"]["api_key"]) as client:
+        for url in accepted[:cap]:
+            wait_terminal(client, url)
+    with live_stack.client(calm["api_key"]["api_key"]) as client:
+        wait_terminal(client, accepted[cap])
