@@ -33,6 +33,7 @@ from common.devstack.stack import Services, start_services, stop_services
 ROOT = Path(__file__).resolve().parent.parent
 API = "api"
 WORKER = "worker"
+BACKGROUND = "background"
 READY_FILE = "worker.ready"
 
 
@@ -114,6 +115,15 @@ def start_worker(state_dir: Path, env: Mapping[str, str], name: str = WORKER) ->
     return ready
 
 
+def start_background(state_dir: Path, env: Mapping[str, str], name: str = BACKGROUND) -> Path:
+    """The CPU worker: webhook deliveries and periodic maintenance."""
+    ready = state_dir / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "common.background", "--ready-file", str(ready)]
+    start_process(name, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
+    return ready
+
+
 def wait_healthy(
     state_dir: Path, api_url: str, ready_files: list[Path], timeout: float = 120
 ) -> None:
@@ -152,8 +162,8 @@ def up(state_dir: Path, api_port: int = 8000) -> dict[str, str]:
         migrate(env)
         ensure_tiny_model(Path(env["MODEL_ID"]))
         start_api(state_dir, env, api_port)
-        ready = start_worker(state_dir, env)
-        wait_healthy(state_dir, api_url, [ready])
+        ready = [start_worker(state_dir, env), start_background(state_dir, env)]
+        wait_healthy(state_dir, api_url, ready)
     except BaseException:
         down(state_dir)
         raise
@@ -165,6 +175,6 @@ def down(state_dir: Path) -> None:
     pids = state_dir / "pids"
     # Workers and the API first, so nothing talks to services that are going away.
     for pidfile in sorted(pids.glob("*.pid")) if pids.exists() else []:
-        if pidfile.stem == API or pidfile.stem.startswith(WORKER):
+        if pidfile.stem in (API, BACKGROUND) or pidfile.stem.startswith(WORKER):
             stop_pidfile(pidfile, timeout=30)
     stop_services(state_dir)

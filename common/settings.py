@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     model_device: Literal["auto", "cpu", "cuda"] = "auto"
     model_variant: str | None = None
     gpu_queue: str = "gpu"
+    # The CPU background worker's queue (webhooks, maintenance): never a GPU worker's.
+    cpu_queue: str = "cpu"
 
     @property
     def request_body_limit(self) -> int:

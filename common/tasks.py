@@ -23,8 +23,9 @@ def get_celery() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # results live in PostgreSQL, not in a result backend
+        # Only RUN_JOB goes to the GPU queue; everything else is CPU work.
         task_routes={RUN_JOB: {"queue": settings.gpu_queue}},
-        task_default_queue=settings.gpu_queue,
+        task_default_queue=settings.cpu_queue,
         # One job at a time per GPU worker: never hold a second job's message while
         # the GPU is busy with the first.
         worker_prefetch_multiplier=1,

@@ -91,10 +91,10 @@ def services_env(
 
 @pytest.fixture(scope="session")
 def live_stack(services_env: tuple[Path, dict[str, str]]) -> Stack:
-    """The API and one worker, as separate processes, on top of the services."""
+    """The API, one GPU worker and the CPU worker, as separate processes."""
     state_dir, env = services_env
     port = int(env["API_URL"].rsplit(":", 1)[1])
     stack.start_api(state_dir, env, port)
-    ready = stack.start_worker(state_dir, env)
-    stack.wait_healthy(state_dir, env["API_URL"], [ready], timeout=180)
+    ready = [stack.start_worker(state_dir, env), stack.start_background(state_dir, env)]
+    stack.wait_healthy(state_dir, env["API_URL"], ready, timeout=180)
     return Stack(state_dir=state_dir, env=env)

@@ -32,7 +32,7 @@ def test_compose_file_is_valid() -> None:
 def test_compose_describes_the_stack() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "s3", "migrate", "api", "worker"} <= set(services)
+    assert {"postgres", "redis", "s3", "migrate", "api", "background", "worker"} <= set(services)
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert "gpu" in gpu["capabilities"]
     assert "alembic upgrade head" in " ".join(services["migrate"]["command"])
