@@ -88,7 +88,7 @@ def _run(argv: list[str], env: Mapping[str, str], what: str) -> None:
 
 
 def migrate(env: Mapping[str, str]) -> None:
-    _run([sys.executable, "-m", "alembic", "upgrade", "head"], env, "migrations")
+    _run([sys.executable, "-m", "alembic", "upgrade", "heads"], env, "migrations")
 
 
 def ensure_tiny_model(model_dir: Path) -> None:

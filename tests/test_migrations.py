@@ -47,7 +47,7 @@ def _diff(url: str) -> list[object]:
 
 def test_upgrade_matches_models_and_round_trips(empty_db_url: str) -> None:
     config = _config(empty_db_url)
-    command.upgrade(config, "head")
+    command.upgrade(config, "heads")
     assert _diff(empty_db_url) == []
 
     command.downgrade(config, "base")
@@ -55,7 +55,7 @@ def test_upgrade_matches_models_and_round_trips(empty_db_url: str) -> None:
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     engine.dispose()
 
-    command.upgrade(config, "head")
+    command.upgrade(config, "heads")
     assert _diff(empty_db_url) == []
 
 
