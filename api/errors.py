@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,27 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code in messages and exc.detail in ("Not Found", "Method Not Allowed"):
             message = messages[exc.status_code]
         return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(SATimeoutError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL down or unreachable: say so quickly; pool_pre_ping reconnects once
+        # it is back, so the API recovers by itself.
+        logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            503, "the database is unavailable; retry shortly", {"Retry-After": "5"}
+        )
+
+    @app.exception_handler(BotoCoreError)
+    @app.exception_handler(ClientError)
+    async def _storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # Object storage refusing or unreachable while storing an input or signing a URL:
+        # nothing was charged (the input is stored before the debit).
+        logger.warning("object storage error on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            503, "object storage is unavailable; retry shortly", {"Retry-After": "5"}
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

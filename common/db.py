@@ -23,6 +23,10 @@ def get_engine(url: str | None = None) -> Engine:
         pool_pre_ping=True,  # survive PostgreSQL restarts without a failed request
         pool_size=10,
         max_overflow=20,
+        # While PostgreSQL is down, fail fast (the API answers 503) instead of hanging:
+        # a bounded connect, and a bounded wait for a pooled connection.
+        pool_timeout=10,
+        connect_args={"connect_timeout": 3},
     )
 
 

@@ -30,6 +30,16 @@ def get_celery() -> Celery:
         # the GPU is busy with the first.
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        # Publishing while Redis is down must not hold an API request for long: the job
+        # is already committed, and the reconciler dispatches QUEUED jobs whose message
+        # never left. Try briefly, then give up.
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        broker_connection_timeout=2,
         worker_hijack_root_logger=False,
     )
     return app
