@@ -22,10 +22,21 @@ class Img2ImgRequest(BaseModel):
     )
     prompt: str = Field(description="Prompt to render.", min_length=1)
     negative_prompt: str | None = Field(default=None, description="What to keep out of the image.")
-    samples: int = Field(default=1, ge=1, le=4, strict=True, description="Images to generate.")
+    samples: int = Field(
+        default=1, ge=1, le=4, strict=True, description="Images to generate; affects the price."
+    )
     scheduler: SchedulerName = Field(default=DEFAULT_SCHEDULER, description="Sampler.")
-    num_inference_steps: int = Field(default=25, ge=20, le=100, strict=True)
-    guidance_scale: float = Field(default=7.5, ge=1, le=25)
+    num_inference_steps: int = Field(
+        default=25,
+        ge=20,
+        le=100,
+        strict=True,
+        description="Denoising steps; affects the price (cost = samples × steps). "
+        "img2img runs int(steps × strength) of them.",
+    )
+    guidance_scale: float = Field(
+        default=7.5, ge=1, le=25, description="Classifier-free guidance scale."
+    )
     seed: int = Field(
         default=-1,
         ge=-1,
