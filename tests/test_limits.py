@@ -20,8 +20,9 @@ from common.devstack.ports import free_port
 from common.devstack.process import pidfile_path, stop_pidfile
 from common.models import Job
 from common.settings import get_settings
-from common.tasks import get_celery
+from common.tasks import RUN_JOB, get_celery
 from tests.conftest import Stack
+from tests.extra_api import HeldApi, held_api
 from tests.helpers import job_body, wait_terminal
 from tests.test_admin import me, new_account
 
@@ -46,7 +47,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -
 def _consuming(app: Celery, queue: str) -> bool | None:
     """Whether the workers consume `queue`; None while no worker answers (a solo-pool
     worker answers control messages only between jobs)."""
-    replies = app.control.inspect(timeout=0.5).active_queues() or {}
+    replies = app.control.inspect(timeout=2).active_queues() or {}
     if not replies:
         return None
     return any(q["name"] == queue for queues in replies.values() for q in queues)
@@ -71,6 +72,17 @@ def workers_paused() -> Iterator[None]:
         yield
     finally:
         wait_until(resumed, "consuming again")
+
+
+def release(held: HeldApi, status_urls: list[str], key: str) -> None:
+    """Let held jobs run: move their ids onto the real GPU queue, then wait for them."""
+    app = get_celery()
+    with httpx.Client(base_url=held.url, headers={"x-api-key": key}, timeout=30) as client:
+        for url in status_urls:
+            request_id = url.rstrip("/").split("/")[-2]
+            app.send_task(RUN_JOB, args=[request_id], queue=get_settings().gpu_queue)
+        for url in status_urls:
+            assert wait_terminal(client, url)["status"] == "COMPLETED"
 
 
 def jobs_of(account_id: str) -> int:
@@ -201,8 +213,10 @@ def test_in_flight_cap_refuses_then_admits_once_a_job_finishes(live_stack: Stack
     account_id, key = created["account"]["id"], created["api_key"]["api_key"]
     set_limits(live_stack, account_id, max_jobs_in_flight=1)
 
-    with live_stack.client(key) as client:
-        with workers_paused():
+    # An API whose jobs go to a queue no worker reads: they stay QUEUED (in flight)
+    # for exactly as long as the test wants.
+    with held_api(live_stack, "inflight1") as held:
+        with httpx.Client(base_url=held.url, headers={"x-api-key": key}, timeout=30) as client:
             first = client.post("/v2/ssd-img2img", json=job_body())
             assert first.status_code == 200, first.text
             second = client.post("/v2/ssd-img2img", json=job_body())
@@ -211,7 +225,8 @@ def test_in_flight_cap_refuses_then_admits_once_a_job_finishes(live_stack: Stack
             assert "at most 1" in second.json()["error"]
             assert int(second.headers["x-remaining-credits"]) == 1000 - COST  # not charged
         # Once the first job has finished, the account may submit again.
-        assert wait_terminal(client, first.json()["status_url"])["status"] == "COMPLETED"
+        release(held, [first.json()["status_url"]], key)
+    with live_stack.client(key) as client:
         third = client.post("/v2/ssd-img2img", json=job_body())
         assert third.status_code == 200, third.text
         wait_terminal(client, third.json()["status_url"])
@@ -223,11 +238,12 @@ def test_in_flight_cap_holds_under_concurrent_submits(live_stack: Stack) -> None
     account_id, key = created["account"]["id"], created["api_key"]["api_key"]
     set_limits(live_stack, account_id, max_jobs_in_flight=3)
 
-    def submit(_: int) -> httpx.Response:
-        with live_stack.client(key) as client:
-            return client.post("/v2/ssd-img2img", json=job_body())
+    with held_api(live_stack, "inflight3") as held:
 
-    with workers_paused():
+        def submit(_: int) -> httpx.Response:
+            with httpx.Client(base_url=held.url, headers={"x-api-key": key}, timeout=60) as c:
+                return c.post("/v2/ssd-img2img", json=job_body())
+
         with ThreadPoolExecutor(max_workers=10) as pool:
             responses = list(pool.map(submit, range(10)))
         codes = sorted(r.status_code for r in responses)
@@ -237,11 +253,7 @@ def test_in_flight_cap_holds_under_concurrent_submits(live_stack: Stack) -> None
         assert detail["jobs_in_flight"] == 3
         assert detail["balance"] == 1000 - 3 * COST
         assert jobs_of(account_id) == 3
-
-    with live_stack.client(key) as client:
-        for response in responses:
-            if response.status_code == 200:
-                wait_terminal(client, response.json()["status_url"])
+        release(held, [r.json()["status_url"] for r in responses if r.status_code == 200], key)
 
 
 def test_jobs_of_other_accounts_do_not_count(live_stack: Stack) -> None:
@@ -251,21 +263,17 @@ def test_jobs_of_other_accounts_do_not_count(live_stack: Stack) -> None:
     for created in (busy, calm):
         set_limits(live_stack, created["account"]["id"], max_jobs_in_flight=cap)
 
-    accepted: list[str] = []
-    with workers_paused():
-        with live_stack.client(busy["api_key"]["api_key"]) as client:
+    with held_api(live_stack, "inflight-others") as held:
+        busy_key, calm_key = busy["api_key"]["api_key"], calm["api_key"]["api_key"]
+        accepted: list[str] = []
+        with httpx.Client(base_url=held.url, headers={"x-api-key": busy_key}) as client:
             for _ in range(cap):
                 response = client.post("/v2/ssd-img2img", json=job_body())
                 assert response.status_code == 200
                 accepted.append(response.json()["status_url"])
             assert client.post("/v2/ssd-img2img", json=job_body()).status_code == 429
-        with live_stack.client(calm["api_key"]["api_key"]) as client:
+        with httpx.Client(base_url=held.url, headers={"x-api-key": calm_key}) as client:
             response = client.post("/v2/ssd-img2img", json=job_body())
             assert response.status_code == 200, response.text
-            accepted.append(response.json()["status_url"])
-
-    with live_stack.client(busy["api_key"]["api_key"]) as client:
-        for url in accepted[:cap]:
-            wait_terminal(client, url)
-    with live_stack.client(calm["api_key"]["api_key"]) as client:
-        wait_terminal(client, accepted[cap])
+        release(held, accepted, busy_key)
+        release(held, [response.json()["status_url"]], calm_key)
