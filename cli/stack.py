@@ -107,21 +107,23 @@ def start_api(state_dir: Path, env: Mapping[str, str], port: int, name: str = AP
     start_process(name, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
 
 
-def start_worker(state_dir: Path, env: Mapping[str, str], name: str = WORKER) -> Path:
+def _start_consumer(state_dir: Path, env: Mapping[str, str], name: str, module: str) -> Path:
+    """Start `python -m MODULE --ready-file F`; F appears once it consumes its queue."""
     ready = state_dir / f"{name}.ready"
     ready.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "worker", "--ready-file", str(ready)]
+    argv = [sys.executable, "-m", module, "--ready-file", str(ready)]
     start_process(name, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
     return ready
+
+
+def start_worker(state_dir: Path, env: Mapping[str, str], name: str = WORKER) -> Path:
+    """A GPU worker (here on the CPU, with the tiny model)."""
+    return _start_consumer(state_dir, env, name, "worker")
 
 
 def start_background(state_dir: Path, env: Mapping[str, str], name: str = BACKGROUND) -> Path:
     """The CPU worker: webhook deliveries and periodic maintenance."""
-    ready = state_dir / f"{name}.ready"
-    ready.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "common.background", "--ready-file", str(ready)]
-    start_process(name, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
-    return ready
+    return _start_consumer(state_dir, env, name, "common.background")
 
 
 def wait_healthy(

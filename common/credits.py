@@ -23,6 +23,22 @@ def job_cost(samples: int, num_inference_steps: int) -> int:
     return samples * num_inference_steps
 
 
+def _change_balance(session: Session, account_id: uuid.UUID, amount: int) -> int | None:
+    """Add `amount` (negative: take) unless that would go below zero; the new balance,
+    or None when refused. One conditional UPDATE: concurrent changes serialise on the
+    account row and none can overdraw."""
+    return session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.balance + amount >= 0)
+        .values(balance=Account.balance + amount)
+        .returning(Account.balance)
+    ).scalar_one_or_none()
+
+
+def _current_balance(session: Session, account_id: uuid.UUID) -> int:
+    return session.execute(select(Account.balance).where(Account.id == account_id)).scalar_one()
+
+
 def grant(session: Session, account_id: uuid.UUID, amount: int, note: str | None = None) -> int:
     if amount <= 0:
         raise ValueError("a grant must be positive")
@@ -46,17 +62,9 @@ def debit_for_job(session: Session, account_id: uuid.UUID, job_id: uuid.UUID, co
     One conditional UPDATE: concurrent debits serialise on the account row and none
     can take the balance below zero.
     """
-    balance = session.execute(
-        update(Account)
-        .where(Account.id == account_id, Account.balance >= cost)
-        .values(balance=Account.balance - cost)
-        .returning(Account.balance)
-    ).scalar_one_or_none()
+    balance = _change_balance(session, account_id, -cost)
     if balance is None:
-        current = session.execute(
-            select(Account.balance).where(Account.id == account_id)
-        ).scalar_one()
-        raise InsufficientCredits(cost, current)
+        raise InsufficientCredits(cost, _current_balance(session, account_id))
     session.add(
         CreditLedgerEntry(
             account_id=account_id, job_id=job_id, amount=-cost, reason=LedgerReason.JOB_DEBIT
@@ -116,17 +124,9 @@ def operator_change(
         raise ValueError(f"{reason} entries are written by jobs, not by operators")
     if amount == 0 or (reason == LedgerReason.GRANT and amount < 0):
         raise ValueError("a grant must be positive and an adjustment non-zero")
-    balance = session.execute(
-        update(Account)
-        .where(Account.id == account_id, Account.balance + amount >= 0)
-        .values(balance=Account.balance + amount)
-        .returning(Account.balance)
-    ).scalar_one_or_none()
+    balance = _change_balance(session, account_id, amount)
     if balance is None:
-        current = session.execute(
-            select(Account.balance).where(Account.id == account_id)
-        ).scalar_one()
-        raise WouldOverdraw(amount, current)
+        raise WouldOverdraw(amount, _current_balance(session, account_id))
     entry = CreditLedgerEntry(account_id=account_id, amount=amount, reason=reason, note=note)
     session.add(entry)
     session.flush()
