@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from sqlalchemy import text
@@ -12,11 +13,24 @@ from api.admin.endpoints import router as admin_router
 from api.body_limit import RequestBodyLimit
 from api.deps import SessionDep
 from api.errors import install_error_handlers
+from api.img2img.cancel import router as cancel_router
 from api.img2img.endpoints import router as img2img_router
+from api.img2img.events import router as events_router
 from api.img2img.listing import router as listing_router
+from api.img2img.outputs import router as outputs_router
 from api.img2img.sync import router as sync_router
+from api.job_events import job_events_lifespan
 from api.job_waiters import job_waiters_lifespan
+from api.webhooks.endpoints import router as webhooks_router
 from common.settings import get_settings
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # One Redis subscriber per process wakes the synchronous (v1) waiters, another one
+    # feeds the event streams (GET /v2/requests/{id}/events).
+    async with job_waiters_lifespan(app), job_events_lifespan(app):
+        yield
 
 
 def create_app() -> FastAPI:
@@ -24,8 +38,7 @@ def create_app() -> FastAPI:
         title="ssd-img2img",
         version="0.1.0",
         description="Segmind-compatible image-to-image API for SSD-1B.",
-        # One Redis subscriber per process wakes the synchronous (v1) waiters.
-        lifespan=job_waiters_lifespan,
+        lifespan=_lifespan,
     )
     install_error_handlers(app)
     # 413 for bodies above MAX_REQUEST_BYTES, before they are read into memory.
@@ -46,9 +59,13 @@ def create_app() -> FastAPI:
 
     app.include_router(listing_router)
     app.include_router(img2img_router)
+    app.include_router(events_router)
+    app.include_router(cancel_router)
+    app.include_router(outputs_router)
     app.include_router(sync_router)
     app.include_router(account_router)
     app.include_router(admin_router)
+    app.include_router(webhooks_router)
 
     @app.get("/health", tags=["ops"])
     def health(session: SessionDep) -> dict[str, str]:

@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from cli import accounts as accounts_commands
+from cli import reliability
 from cli import stack as local_stack
+from cli import webhooks as webhooks_commands
 from common import accounts
 from common.db import session_scope
 
@@ -47,6 +49,8 @@ def accounts_create(name: str, initial_credits: int, as_json: bool) -> None:
 for _command in accounts_commands.ACCOUNT_COMMANDS:
     accounts_group.add_command(_command)
 main.add_command(accounts_commands.keys_group)
+main.add_command(reliability.reconcile_command)  # `ssd-img2img reconcile`
+main.add_command(webhooks_commands.webhooks_group)  # `ssd-img2img webhooks ...`
 
 
 @main.group("model")

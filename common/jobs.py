@@ -4,7 +4,7 @@ racing on one job (a repeated Celery message, say) can never both win."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from common import credits
 from common.models import Job, JobStatus
+from common.webhooks.events import record_job_event
 
 
 def get_job(session: Session, job_id: uuid.UUID, account_id: uuid.UUID | None = None) -> Job | None:
@@ -36,27 +37,58 @@ def queue_position(session: Session, job: Job) -> int | None:
     ).scalar_one()
 
 
-def claim(session: Session, job_id: uuid.UUID) -> Job | None:
-    """QUEUED -> PROCESSING. None when the job is already claimed, terminal or unknown."""
-    return session.execute(
+def claim(
+    session: Session,
+    job_id: uuid.UUID,
+    lease_owner: str | None = None,
+    lease_seconds: float = 60,
+) -> Job | None:
+    """QUEUED -> PROCESSING. None when the job is already claimed, terminal or unknown.
+
+    With `lease_owner`, the job is leased to it for `lease_seconds` (renewed by
+    common.leases.renew); only the lease's owner may then record the result.
+    """
+    lease: dict[str, Any] = {}
+    if lease_owner is not None:
+        lease = {
+            "lease_owner": lease_owner,
+            "lease_expires_at": func.now() + timedelta(seconds=lease_seconds),
+        }
+    job = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
             status=JobStatus.PROCESSING,
             started_at=func.now(),
             attempts=Job.attempts + 1,
+            **lease,
         )
         .returning(Job)
     ).scalar_one_or_none()
+    if job is not None:  # job.started webhooks, in this transaction (an outbox)
+        record_job_event(session, job, "started")
+    return job
+
+
+def _held_by(lease_owner: str | None) -> list[Any]:
+    """Conditions of a write that only the job's current lease owner may make."""
+    if lease_owner is None:
+        return []
+    return [Job.status == JobStatus.PROCESSING, Job.lease_owner == lease_owner]
 
 
 def complete(
-    session: Session, job_id: uuid.UUID, output_keys: list[str], metrics: dict[str, Any]
+    session: Session,
+    job_id: uuid.UUID,
+    output_keys: list[str],
+    metrics: dict[str, Any],
+    lease_owner: str | None = None,
 ) -> bool:
-    """PROCESSING -> COMPLETED; False if the job was no longer ours to finish."""
-    result = session.execute(
+    """PROCESSING -> COMPLETED; False if the job was no longer ours to finish (with
+    `lease_owner`: if that worker's lease was taken back meanwhile)."""
+    job = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.PROCESSING)
+        .where(Job.id == job_id, Job.status == JobStatus.PROCESSING, *_held_by(lease_owner))
         .values(
             status=JobStatus.COMPLETED,
             output_keys=output_keys,
@@ -64,18 +96,32 @@ def complete(
             finished_at=func.now(),
             error=None,
         )
-        .returning(Job.id)
+        .returning(Job)
     ).scalar_one_or_none()
-    return result is not None
+    if job is None:
+        return False
+    record_job_event(session, job, "completed")  # job.completed webhooks
+    return True
 
 
 def fail(
-    session: Session, job_id: uuid.UUID, error: str, metrics: dict[str, Any] | None = None
+    session: Session,
+    job_id: uuid.UUID,
+    error: str,
+    metrics: dict[str, Any] | None = None,
+    lease_owner: str | None = None,
 ) -> bool:
-    """Any non-terminal state -> FAILED, refunding the job's credits exactly once."""
+    """Any non-terminal state -> FAILED, refunding the job's credits exactly once.
+
+    A worker passes its `lease_owner`: it may fail only the job it still holds.
+    """
     job = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING]))
+        .where(
+            Job.id == job_id,
+            Job.status.in_([JobStatus.QUEUED, JobStatus.PROCESSING]),
+            *_held_by(lease_owner),
+        )
         .values(
             status=JobStatus.FAILED,
             error=error[:2000],
@@ -87,7 +133,75 @@ def fail(
     if job is None:
         return False
     credits.refund_job(session, job)
+    record_job_event(session, job, "completed")  # job.completed webhooks (FAILED)
     return True
+
+
+def cancel_queued(session: Session, job_id: uuid.UUID, account_id: uuid.UUID) -> Job | None:
+    """QUEUED -> CANCELLED at once, refunding the job exactly once. None when the job is
+    not the account's or not QUEUED. The worker's claim takes only QUEUED jobs, so the
+    job's message, when it comes, is dropped: a cancelled job never runs."""
+    job = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.account_id == account_id, Job.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.CANCELLED,
+            cancel_requested_at=func.now(),
+            finished_at=func.now(),
+        )
+        .returning(Job)
+    ).scalar_one_or_none()
+    if job is not None:
+        credits.refund_job(session, job)
+        record_job_event(session, job, "completed")  # job.completed webhooks (CANCELLED)
+    return job
+
+
+def request_cancel(session: Session, job_id: uuid.UUID, account_id: uuid.UUID) -> Job | None:
+    """Mark a PROCESSING job for cancellation; its worker stops it between two steps
+    (`finish_cancelled`). None when the job is not the account's or not PROCESSING.
+    Repeating it is harmless: the first request's time stays."""
+    return session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.account_id == account_id, Job.status == JobStatus.PROCESSING)
+        .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, func.now()))
+        .returning(Job)
+    ).scalar_one_or_none()
+
+
+def cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
+    """Whether cancelling the job was asked for (the worker's database check)."""
+    requested = session.execute(
+        select(Job.cancel_requested_at).where(Job.id == job_id)
+    ).scalar_one_or_none()
+    return requested is not None
+
+
+def finish_cancelled(
+    session: Session,
+    job_id: uuid.UUID,
+    metrics: dict[str, Any] | None = None,
+    lease_owner: str | None = None,
+) -> Job | None:
+    """PROCESSING -> CANCELLED once its worker stopped on a cancel request, refunding
+    the job exactly once. None if the job was not PROCESSING with a cancel request (the
+    transition already happened, or the job ended otherwise), or, with `lease_owner`,
+    if that worker no longer holds the job."""
+    job = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.PROCESSING,
+            Job.cancel_requested_at.isnot(None),
+            *_held_by(lease_owner),
+        )
+        .values(status=JobStatus.CANCELLED, finished_at=func.now(), metrics=metrics or {})
+        .returning(Job)
+    ).scalar_one_or_none()
+    if job is not None:
+        credits.refund_job(session, job)
+        record_job_event(session, job, "completed")  # job.completed webhooks (CANCELLED)
+    return job
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:

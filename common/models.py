@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Enum,
@@ -129,6 +130,15 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_account_id_created_at", "account_id", "created_at"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        # The retention sweep's search (common/retention.py): only finished, unexpired
+        # jobs are in it, so it stays as small as the results still kept.
+        Index(
+            "ix_jobs_finished_at_unexpired",
+            "finished_at",
+            postgresql_where=(
+                "expired_at IS NULL AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+            ),
+        ),
         # The in-flight cap counts an account's unfinished jobs at every submit: this
         # partial index keeps that count proportional to the jobs in flight, not to
         # the account's whole history.
@@ -138,6 +148,14 @@ class Job(Base):
             postgresql_where="status IN ('QUEUED', 'PROCESSING')",
         ),
         CheckConstraint("cost >= 0", name="cost_non_negative"),
+        # Idempotency-Key: one job per key and account; jobs without a key are not in it.
+        Index(
+            "uq_jobs_account_id_idempotency_key",
+            "account_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where="idempotency_key IS NOT NULL",
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -154,11 +172,30 @@ class Job(Base):
     input_key: Mapped[str] = mapped_column(String(512))
     output_keys: Mapped[list[str]] = mapped_column(JSONB, default=list)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The lease of the worker running a PROCESSING job: set by its claim, renewed by its
+    # heartbeat, required to record the result. The reconciler takes back a job whose
+    # lease expired (its worker died) and queues it again (common/reconcile.py).
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the reconciler last sent the job's message again, and how many times it did
+    # (it backs off, so a long queue is not flooded with duplicates).
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The submit's Idempotency-Key (unique per account) and the SHA-256 of its canonical
+    # body: the same key with the same body returns this job, with another body is refused.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the client asked to cancel the job (POST .../cancel). A QUEUED job becomes
+    # CANCELLED at once; a PROCESSING one keeps running until its worker sees this
+    # (or the faster Redis flag, common/cancel_flags.py) between two steps.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When retention deleted the job's objects (inputs and outputs); the row stays.
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
@@ -186,3 +223,147 @@ class CreditLedgerEntry(Base):
     reason: Mapped[LedgerReason] = mapped_column(_enum(LedgerReason, "ledger_reason"))
     note: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# --- webhooks (common/webhooks) -------------------------------------------------------
+
+
+class WebhookEventType(enum.StrEnum):
+    STARTED = "job.started"  # the worker claimed the job
+    PROGRESS = "job.progress"  # throttled, while it runs
+    COMPLETED = "job.completed"  # every terminal state: COMPLETED, FAILED, CANCELLED
+
+    @property
+    def short(self) -> str:
+        """The name used in event filters: started, progress, completed."""
+        return self.value.removeprefix("job.")
+
+
+class WebhookDeliveryState(enum.StrEnum):
+    PENDING = "pending"  # waiting for its first attempt, being attempted, or to retry
+    SUCCEEDED = "succeeded"  # a 2xx answer
+    FAILED = "failed"  # refused, retries used up, or the endpoint disabled
+
+
+class WebhookAttemptOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"  # failed; another attempt is scheduled
+    FAILED = "failed"  # failed; no attempt follows (until a replay)
+
+
+class WebhookEndpoint(Base):
+    """An account-level receiver: gets the events in `events` of all the account's jobs."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    # Filter names: "started", "progress", "completed".
+    events: Mapped[list[str]] = mapped_column(JSONB)
+    description: Mapped[str | None] = mapped_column(String(500))
+    # Off by hand, or by the receiver answering 410 Gone; nothing is sent while off.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    disabled_reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class WebhookSecret(Base):
+    """An account's signing secrets (`whsec_<base64>`): the current one (expires_at NULL)
+    and, for a while after a rotation, the previous one, which signs too."""
+
+    __tablename__ = "webhook_secrets"
+    __table_args__ = (
+        # One current secret per account, even when two requests create it at once.
+        Index(
+            "uq_webhook_secrets_account_id_current",
+            "account_id",
+            unique=True,
+            postgresql_where="expires_at IS NULL",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # Kept in clear: signing needs it (HMAC), unlike an API key, which is only compared.
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """One event for one target (the job's own webhook_url, or an account endpoint).
+
+    Written in the transaction of the job change that causes it (an outbox); the CPU
+    worker sends it after the commit, retries it, and records every attempt.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_account_id_created_at", "account_id", "created_at"),
+        # The sweep's search: only deliveries still to send are in it.
+        Index(
+            "ix_webhook_deliveries_next_attempt_at_pending",
+            "next_attempt_at",
+            postgresql_where="state = 'pending'",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), index=True)
+    # NULL = the job's own webhook_url. Deleting an endpoint deletes its deliveries.
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2048))
+    event_type: Mapped[WebhookEventType] = mapped_column(
+        _enum(WebhookEventType, "webhook_event_type")
+    )
+    # The `webhook-id` header: one per event (shared by its targets), the same on every
+    # attempt and replay, so receivers can drop duplicates.
+    webhook_id: Mapped[str] = mapped_column(String(64), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    state: Mapped[WebhookDeliveryState] = mapped_column(
+        _enum(WebhookDeliveryState, "webhook_delivery_state"),
+        default=WebhookDeliveryState.PENDING,
+    )
+    # Attempts started, all series together; also the claim token of the running one.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A replay starts a new series, with the whole retry schedule again.
+    series: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    series_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the next attempt is due (pending only). While an attempt runs, it is pushed
+    # past the attempt's timeout: a worker that dies mid-attempt is retried after that.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the delivery's message was last sent to the queue (the sweep re-sends after
+    # WEBHOOK_REDISPATCH_AFTER_SECONDS, in case Redis lost it).
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery, whatever its outcome."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... across series
+    series: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status_code: Mapped[int | None] = mapped_column(Integer)  # None: no HTTP answer
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[WebhookAttemptOutcome] = mapped_column(
+        _enum(WebhookAttemptOutcome, "webhook_attempt_outcome")
+    )

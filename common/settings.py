@@ -29,6 +29,19 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     output_url_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # What `output` of a result holds: presigned S3 URLs (anyone holding one can fetch
+    # until it expires; S3 serves the bytes), or URLs of the API's own authenticated
+    # `GET /v2/requests/{id}/outputs/{index}` (needs the x-api-key; the API streams).
+    output_url_mode: Literal["presigned", "api"] = "presigned"
+    # Retention (common/retention.py): a finished job's outputs and input are deleted
+    # this long after it finished; its row stays, marked expired. 24 h rather than
+    # Segmind's 1 h: it outlives webhook retries and a presigned URL handed out late.
+    # Values under a few minutes are for tests only (see the orphan sweep's caveat).
+    result_retention_seconds: int = Field(default=24 * 3600, ge=1)
+    # How often the CPU worker looks for expired jobs, and for orphaned inputs (objects
+    # of submits whose job insert never committed: a bucket listing, so rarer).
+    retention_sweep_seconds: float = Field(default=60, gt=0)
+    orphan_sweep_seconds: float = Field(default=3600, gt=0)
 
     # --- API ------------------------------------------------------------------------
     # Base URL clients reach the API at; status/response URLs are built from it. When
@@ -69,6 +82,57 @@ class Settings(BaseSettings):
     gpu_queue: str = "gpu"
     # The CPU background worker's queue (webhooks, maintenance): never a GPU worker's.
     cpu_queue: str = "cpu"
+
+    # --- webhooks (common/webhooks, README "Webhooks") -------------------------------
+    # One delivery attempt (DNS, connect, TLS, request, response) must end within this.
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
+    # Upper bounds of the waits before each retry (full jitter: the wait is uniform in
+    # [0, bound]); their number is the number of retries. About a day in all. JSON list
+    # in the environment, e.g. WEBHOOK_RETRY_SCHEDULE_SECONDS='[5, 30, 120]'.
+    webhook_retry_schedule_seconds: list[float] = Field(
+        default=[5, 30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600], max_length=50
+    )
+    # A receiver's Retry-After is honoured up to this many seconds.
+    webhook_retry_after_max_seconds: float = Field(default=3600, ge=0)
+    # After a secret rotation, the previous secret still signs (a second signature)
+    # for this long, so receivers can switch without losing a webhook.
+    webhook_secret_overlap_seconds: int = Field(default=24 * 3600, ge=0, le=30 * 24 * 3600)
+    # At most one job.progress event per job per this many seconds.
+    webhook_progress_interval_seconds: float = Field(default=5, gt=0)
+    # The CPU worker's sweep for due deliveries (retries, lost messages): its period,
+    # and how long a sent-but-unclaimed delivery waits before it is sent again.
+    webhook_sweep_interval_seconds: float = Field(default=5, gt=0)
+    webhook_redispatch_after_seconds: float = Field(default=60, gt=0)
+    # Output URLs in job.completed payloads: presigned at every attempt, valid this long.
+    webhook_output_url_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+
+    # --- crash safety (docs/reliability.md) ------------------------------------------
+    # A worker holds a lease on the job it runs and renews it every third of this; the
+    # reconciler takes back a job whose lease expired (its worker died or hung).
+    lease_seconds: float = Field(default=60, ge=1)
+    # Claims of one job before the reconciler gives up on it (FAILED, refunded): a job
+    # that kills its worker every time must not take workers down forever.
+    max_attempts: int = Field(default=3, ge=1)
+    # How often the CPU worker reconciles PostgreSQL with the queue (common/reconcile.py).
+    reconcile_interval_seconds: float = Field(default=30, gt=0)
+    # A QUEUED job sent this long ago and still not claimed is sent again (its message
+    # may be lost); every re-send doubles the wait, up to 16 times this.
+    redispatch_after_seconds: float = Field(default=300, gt=0)
+    # Redis (kombu) visibility timeout: an unacknowledged message is delivered again
+    # after this, even while its job still runs, so it must exceed the longest job. It
+    # is also the longest a job may run: its worker stops renewing the lease then (a
+    # hung job is taken back), and a job claimed without a lease counts as leased so long.
+    broker_visibility_timeout_seconds: int = Field(default=6 * 3600, ge=1)
+    # GPU worker recycling: after this many jobs, or once its RSS exceeds this many MiB,
+    # the worker finishes its job and exits cleanly, for its supervisor to restart it.
+    # 0 = never.
+    worker_max_jobs: int = Field(default=0, ge=0)
+    worker_max_rss_mb: int = Field(default=0, ge=0)
+
+    @property
+    def lease_renew_seconds(self) -> float:
+        """The heartbeat's period: three renewals fit in one lease."""
+        return self.lease_seconds / 3
 
     @property
     def request_body_limit(self) -> int:

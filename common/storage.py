@@ -7,11 +7,15 @@ done per tenant with a prefix listing.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from common.settings import Settings, get_settings
 
@@ -25,6 +29,25 @@ def input_key(account_id: uuid.UUID, job_id: uuid.UUID) -> str:
 
 def output_key(account_id: uuid.UUID, job_id: uuid.UUID, index: int) -> str:
     return f"outputs/{account_id}/{job_id}/{index}.jpg"
+
+
+# S3 error codes meaning "no such object" (HEAD answers a bare 404).
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+# DeleteObjects takes at most this many keys per request.
+_DELETE_BATCH = 1000
+
+
+class ObjectMissing(Exception):
+    """The object does not exist (never written, or deleted by retention)."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object being read: its bytes come in chunks, without holding them all."""
+
+    chunks: Iterator[bytes]
+    content_length: int
+    content_type: str
 
 
 def _client(settings: Settings, endpoint_url: str | None) -> S3Client:
@@ -63,10 +86,66 @@ class Storage:
         body: Any = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
         return bytes(body.read())
 
-    def presigned_get_url(self, key: str) -> str:
+    def presigned_get_url(self, key: str, ttl: int | None = None) -> str:
+        """A GET URL valid for `ttl` seconds (default OUTPUT_URL_TTL_SECONDS)."""
         return self._public_s3.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": key},
+            ExpiresIn=self.url_ttl if ttl is None else ttl,
         )
+
+    def open(self, key: str, chunk_size: int = 64 * 1024) -> StoredObject:
+        """Stream an object. Raises ObjectMissing if there is none."""
+        try:
+            response = self._s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                raise ObjectMissing(key) from exc
+            raise
+        body: Any = response["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from body.iter_chunks(chunk_size)
+            finally:
+                body.close()
+
+        return StoredObject(
+            chunks=chunks(),
+            content_length=int(response["ContentLength"]),
+            content_type=response.get("ContentType") or "application/octet-stream",
+        )
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return False
+            raise
+        return True
+
+    def delete_many(self, keys: Iterable[str]) -> dict[str, str]:
+        """Delete objects, up to 1000 per request. Missing objects count as deleted (S3
+        semantics). Returns {key: error code} of those that could not be deleted."""
+        unique = sorted(set(keys))
+        failed: dict[str, str] = {}
+        for start in range(0, len(unique), _DELETE_BATCH):
+            batch = unique[start : start + _DELETE_BATCH]
+            response = self._s3.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+            )
+            for error in response.get("Errors", []):
+                if error.get("Code") not in _MISSING:
+                    failed[error.get("Key", "")] = error.get("Code", "unknown")
+        return failed
+
+    def list_pages(self, prefix: str) -> Iterator[list[tuple[str, datetime]]]:
+        """(key, last modified) of the objects under `prefix`, a listing page at a time."""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            yield [(obj["Key"], obj["LastModified"]) for obj in page.get("Contents", [])]
 
     def ensure_bucket(self) -> None:
         existing = {b["Name"] for b in self._s3.list_buckets().get("Buckets", [])}

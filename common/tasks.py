@@ -29,6 +29,16 @@ def get_celery() -> Celery:
         # One job at a time per GPU worker: never hold a second job's message while
         # the GPU is busy with the first.
         worker_prefetch_multiplier=1,
+        # Long jobs, crash-safe (docs/reliability.md). A message is acknowledged only once
+        # its task returned, so a worker that dies mid-job leaves it in Redis...
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # ...from where it is delivered again after the visibility timeout, even if its
+        # job still runs: hence longer than the longest job. Recovery does not wait for
+        # it: the worker's lease in PostgreSQL expires in LEASE_SECONDS and the
+        # reconciler re-sends the job; this redelivery is a late duplicate, dropped by
+        # the claim.
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_seconds},
         broker_connection_retry_on_startup=True,
         # Publishing while Redis is down must not hold an API request for long: the job
         # is already committed, and the reconciler dispatches QUEUED jobs whose message

@@ -1,4 +1,4 @@
-"""Outbound URLs fetched on a client's behalf (input images; webhooks later), guarded
+"""Outbound URLs fetched on a client's behalf (input images; webhooks), guarded
 against server-side request forgery. Torch-free; used by the API.
 
 A URL is accepted when it is http(s), carries no credentials, and EVERY address its host
@@ -16,9 +16,12 @@ extension would also work, but then the Host header and the redirect base must b
 patched back by hand; pinning below the request leaves them right by construction.
 
 Redirects are followed by hand (at most `max_redirects`) and every hop is checked like
-the first. The body is limited by Content-Length up front and while streaming, and the
-whole fetch (DNS, connect, TLS, every read and write, every hop) shares one deadline:
-each socket operation waits at most for the time left.
+the first. `post` (webhook deliveries) shares the checks and the pinned connection, but
+follows no redirect at all: a 3xx is an answer like any other.
+
+The body is limited by Content-Length up front and while streaming, and the whole fetch
+(DNS, connect, TLS, every read and write, every hop) shares one deadline: each socket
+operation waits at most for the time left.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -294,17 +298,36 @@ def _get_once(
     ssl_context: ssl.SSLContext | None,
 ) -> bytes | httpx.URL:
     """One GET to the vetted addresses: the body, or the URL a redirect points to."""
-    url = checked.url
-    request_url = httpcore.URL(
-        scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-    )
     headers = [
-        (b"Host", url.netloc),  # bracketed for IPv6, default port left out
         (b"User-Agent", _USER_AGENT),
         (b"Accept", b"image/*"),
         # Compressed bodies are refused rather than inflated: no decompression bombs.
         (b"Accept-Encoding", b"identity"),
     ]
+    with _pinned_exchange(
+        checked, b"GET", headers, None, deadline, timeout, ssl_context
+    ) as response:
+        return _read_response(response, checked.url, max_bytes)
+
+
+@contextmanager
+def _pinned_exchange(
+    checked: CheckedUrl,
+    method: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None,
+    deadline: float,
+    timeout: float,
+    ssl_context: ssl.SSLContext | None,
+) -> Iterator[httpcore.Response]:
+    """One request to the vetted addresses only (no redirect is followed here), its
+    response streamed inside the block; network failures become FetchError."""
+    url = checked.url
+    request_url = httpcore.URL(
+        scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
+    )
+    # The Host header is the URL's own, bracketed for IPv6, default port left out.
+    all_headers = [(b"Host", url.netloc), *headers]
     left = _time_left(deadline, timeout)
     pool = httpcore.ConnectionPool(
         ssl_context=ssl_context or _default_ssl_context(),
@@ -316,19 +339,76 @@ def _get_once(
         with (
             pool,
             pool.stream(
-                "GET",
+                method,
                 request_url,
-                headers=headers,
+                headers=all_headers,
+                content=body,
                 extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), left)},
             ) as response,
         ):
-            return _read_response(response, url, max_bytes)
+            yield response
     except httpcore.TimeoutException as exc:
         raise FetchError(f"took longer than {timeout:.3g} s") from exc
     except httpcore.ConnectError as exc:
         raise FetchError(f"could not connect to {checked.host}: {exc or 'refused'}") from exc
     except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
         raise FetchError(f"the connection to {checked.host} failed: {exc or 'error'}") from exc
+
+
+@dataclass(frozen=True)
+class PostResponse:
+    """What a POST got back: the status and headers (the body is read and dropped)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+
+def post(
+    url: str,
+    body: bytes,
+    *,
+    headers: Mapping[str, str],
+    timeout: float,
+    allow_loopback: bool,
+    max_response_bytes: int = 64 * 1024,
+    resolver: Resolver | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> PostResponse:
+    """POST `body` to `url` once, with the same checks and pinning as `fetch` (webhooks).
+
+    Redirects are NOT followed: a 3xx comes back like any other status. Any status is
+    returned; raises UnsafeUrlError (refused before connecting) or FetchError (no HTTP
+    answer: DNS, connection, TLS, time). At most `max_response_bytes` of the response
+    body are read before the connection is dropped.
+    """
+    deadline = time.monotonic() + timeout
+    checked = check_url(url, allow_loopback, resolver=resolver, timeout=timeout)
+    request_headers = [
+        (b"User-Agent", _USER_AGENT),
+        (b"Accept-Encoding", b"identity"),
+        *((key.encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()),
+    ]
+    with _pinned_exchange(
+        checked, b"POST", request_headers, body, deadline, timeout, ssl_context
+    ) as response:
+        read = 0
+        for chunk in response.iter_stream():
+            read += len(chunk)
+            if read >= max_response_bytes:
+                break
+        return PostResponse(
+            status=response.status,
+            headers=tuple(
+                (key.decode("latin-1"), value.decode("latin-1").strip())
+                for key, value in response.headers
+            ),
+        )
 
 
 def _header(response: httpcore.Response, name: bytes) -> str | None:

@@ -80,6 +80,12 @@ def services_env(
         # low limits per account instead (tests/test_limits.py).
         env["DEFAULT_RATE_LIMIT_PER_MINUTE"] = "1000000"
         env["DEFAULT_MAX_JOBS_IN_FLIGHT"] = "1000000"
+        # Webhook retries in fractions of a second instead of a day (tests/test_webhooks.py):
+        # five retries, a sweep twice a second, lost messages re-sent after 2 s.
+        env["WEBHOOK_RETRY_SCHEDULE_SECONDS"] = "[0.2, 0.2, 0.2, 0.2, 0.2]"
+        env["WEBHOOK_SWEEP_INTERVAL_SECONDS"] = "0.5"
+        env["WEBHOOK_REDISPATCH_AFTER_SECONDS"] = "2"
+        env["WEBHOOK_TIMEOUT_SECONDS"] = "5"
         stack.migrate(env)
         # In-process code (direct database checks) reads the same settings.
         os.environ.update(env)

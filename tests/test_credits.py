@@ -88,7 +88,7 @@ def test_failed_job_is_refunded_once_and_served_as_422(live_stack: Stack) -> Non
         result = client.get(base)
     assert status.status_code == 422 and result.status_code == 422
     assert result.json()["status"] == "FAILED"
-    assert "generation failed" in result.json()["error"]
+    assert "object storage failed" in result.json()["error"]  # its input is missing
     assert balance(account_id) == 100 == ledger_sum(account_id)
 
     # Failing it again (a repeated message, a reconciler) neither refunds nor changes it.

@@ -6,16 +6,20 @@ import logging
 import uuid
 from datetime import datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
+from api import idempotency
 from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep, set_remaining_credits
 from api.errors import ApiError, error_responses
-from api.img2img import service
+from api.img2img import live_progress
+from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry, output_urls
 from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
 from common import jobs
 from common.models import Job, JobStatus
 from common.settings import Settings
+from common.storage import Storage
 from common.tasks import enqueue_job
 
 logger = logging.getLogger(__name__)
@@ -45,29 +49,39 @@ def _load(session: SessionDep, account: CurrentAccount, request_id: str) -> Job:
     return job
 
 
-@router.post("/v2/ssd-img2img", response_model=SubmitResponse, responses=SUBMIT_ERRORS)
+@router.post(
+    "/v2/ssd-img2img",
+    response_model=SubmitResponse,
+    responses={**SUBMIT_ERRORS, **idempotency.RESPONSES},
+)
 def submit_v2(
     body: Img2ImgRequest,
     request: Request,
+    response: Response,
     session: SessionDep,
     settings: SettingsDep,
     store: StorageDep,
     account: CurrentAccount,
+    idempotency_key: idempotency.IdempotencyKeyHeader = None,
 ) -> SubmitResponse:
-    job, balance = service.submit(session, store, settings, account, body)
-    session.commit()
-    # Enqueue only after the commit: the worker must find the row. If this fails the
-    # job stays QUEUED in PostgreSQL, the source of truth, to be dispatched again.
-    try:
-        enqueue_job(str(job.id))
-    except Exception:
-        logger.exception("could not enqueue job %s; it stays QUEUED", job.id)
+    key = idempotency.parse(idempotency_key, body)
+    submitted = idempotency.submit_and_commit(session, store, settings, account, body, key)
+    job, balance = submitted.job, submitted.balance
+    if submitted.replayed:  # the key's original request: not charged, not sent again
+        response.headers[idempotency.REPLAYED_HEADER] = "true"
+    else:
+        # Enqueue only after the commit: the worker must find the row. If this fails the
+        # job stays QUEUED in PostgreSQL, the source of truth, to be dispatched again.
+        try:
+            enqueue_job(str(job.id))
+        except Exception:
+            logger.exception("could not enqueue job %s; it stays QUEUED", job.id)
     set_remaining_credits(request, balance)
     base = _base_url(request, settings)
     status_url = f"{base}/v2/requests/{job.id}/status"
     return SubmitResponse(
         request_id=str(job.id),
-        status=JobStatus.QUEUED.value,
+        status=job.status.value,
         status_url=status_url,
         response_url=f"{base}/v2/requests/{job.id}",
         poll_url=status_url,
@@ -79,9 +93,17 @@ def submit_v2(
     response_model=StatusResponse,
     responses={**READ_ERRORS, 422: {"model": StatusResponse, "description": "FAILED."}},
 )
-def get_status(request_id: str, session: SessionDep, account: CurrentAccount) -> JSONResponse:
+def get_status(
+    request_id: str, session: SessionDep, settings: SettingsDep, account: CurrentAccount
+) -> JSONResponse:
     job = _load(session, account, request_id)
-    body = StatusResponse(
+    return _json(status_body(session, job, settings).model_dump(), job)
+
+
+def status_body(session: Session, job: Job, settings: Settings) -> StatusResponse:
+    """The status of `job` (also sent by its event stream and by cancel)."""
+    expired_at = expiry(job, settings)  # the status still answers after expiry
+    return StatusResponse(
         request_id=str(job.id),
         status=job.status.value,
         queue_position=jobs.queue_position(session, job),
@@ -89,22 +111,42 @@ def get_status(request_id: str, session: SessionDep, account: CurrentAccount) ->
         created_at=job.created_at.isoformat(),
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),
+        expired=expired_at is not None,
+        expired_at=_iso(expired_at),
+        **live_progress.status_fields(job),  # step, progress, ETA: Redis, while it runs
     )
-    return _json(body.model_dump(), job)
 
 
 @router.get(
     "/v2/requests/{request_id}",
     response_model=ResultResponse,
-    responses={**READ_ERRORS, 422: {"model": ResultResponse, "description": "FAILED."}},
+    responses={
+        **READ_ERRORS,
+        **EXPIRED_RESPONSES,
+        422: {"model": ResultResponse, "description": "FAILED."},
+    },
 )
 def get_result(
-    request_id: str, session: SessionDep, store: StorageDep, account: CurrentAccount
+    request_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StorageDep,
+    account: CurrentAccount,
 ) -> JSONResponse:
     job = _load(session, account, request_id)
+    return result_response(job, request, settings, store)
+
+
+def result_response(job: Job, request: Request, settings: Settings, store: Storage) -> JSONResponse:
+    """The answer of GET /v2/requests/{id} for `job` (also its event stream's last event)."""
+    now = jobs.utcnow()
+    expired_at = expiry(job, settings, now)
     output = None
     if job.status == JobStatus.COMPLETED:
-        output = [store.presigned_get_url(key) for key in job.output_keys]
+        if expired_at is not None:  # 410 rather than links to deleted objects
+            return expired_response(job, expired_at, settings)
+        output = output_urls(job, store, settings, _base_url(request, settings), now)
     body = ResultResponse(
         request_id=str(job.id),
         status=job.status.value,
@@ -112,6 +154,7 @@ def get_result(
         seed=job.seed,
         error=job.error,
         metrics=job.metrics or {},
+        expired=expired_at is not None,
     )
     return _json(body.model_dump(), job)
 

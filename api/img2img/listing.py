@@ -11,8 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from api.deps import CurrentAccount, SessionDep
+from api.deps import CurrentAccount, SessionDep, SettingsDep
 from api.errors import ApiError, error_responses
+from api.img2img.expiry import expiry
 from common import jobs
 from common.models import Job, JobStatus
 
@@ -27,6 +28,9 @@ class RequestSummary(BaseModel):
     cost: int
     created_at: datetime
     finished_at: datetime | None
+    expired: bool = Field(
+        default=False, description="Retention deleted its outputs: its response_url is 410."
+    )
 
 
 class RequestPage(BaseModel):
@@ -57,6 +61,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 )
 def list_requests(
     session: SessionDep,
+    settings: SettingsDep,
     account: CurrentAccount,
     status: Annotated[JobStatus | None, Query(description="Only requests in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
@@ -66,6 +71,7 @@ def list_requests(
     # One extra row tells whether another page follows without a COUNT query.
     rows = jobs.list_jobs(session, account.id, limit=limit + 1, status=status, before=before)
     page = rows[:limit]
+    now = jobs.utcnow()
     return RequestPage(
         requests=[
             RequestSummary(
@@ -76,6 +82,7 @@ def list_requests(
                 cost=job.cost,
                 created_at=job.created_at,
                 finished_at=job.finished_at,
+                expired=expiry(job, settings, now) is not None,
             )
             for job in page
         ],

@@ -50,6 +50,20 @@ class Img2ImgRequest(BaseModel):
     base64: bool = Field(
         default=True, description="v1 only: JSON with base64 instead of JPEG bytes."
     )
+    # Not Segmind's: signed webhooks of this job (README "Webhooks", common/webhooks).
+    webhook_url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        description="http(s) URL that receives this job's events as signed webhooks "
+        "(Standard Webhooks); it must resolve to public addresses.",
+    )
+    webhook_events_filter: list[Literal["started", "progress", "completed"]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Events sent to webhook_url; default started and completed. "
+        "`completed` covers every terminal state (COMPLETED, FAILED, CANCELLED).",
+    )
 
 
 class SubmitResponse(BaseModel):
@@ -68,14 +82,55 @@ class StatusResponse(BaseModel):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
+    expired: bool = Field(
+        default=False, description="True once retention deleted the outputs (and input)."
+    )
+    expired_at: str | None = None
+    progress: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="0 while QUEUED, step / total_steps while PROCESSING (0 until the first "
+        "step), 1 when COMPLETED; null for FAILED and CANCELLED.",
+    )
+    step: int | None = Field(
+        default=None, description="PROCESSING: denoising iterations done (null before the first)."
+    )
+    total_steps: int | None = Field(
+        default=None,
+        description="PROCESSING: the pipeline's own iteration count, about int(steps × "
+        "strength), twice that for second-order schedulers (Heun, DPM2).",
+    )
+    eta_seconds: float | None = Field(
+        default=None, description="PROCESSING: estimated seconds until denoising ends."
+    )
+    cancel_requested: bool = Field(
+        default=False, description="Cancelling was asked for (POST .../cancel)."
+    )
 
 
 class ResultResponse(BaseModel):
     request_id: str
     status: str
     output: list[str] | None = Field(
-        default=None, description="Presigned URLs of the output JPEGs, one per sample."
+        default=None,
+        description="URLs of the output JPEGs, one per sample: presigned S3 URLs, or the "
+        "API's authenticated /outputs/{index} URLs (OUTPUT_URL_MODE).",
     )
     seed: int
     error: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    expired: bool = Field(
+        default=False, description="FAILED/CANCELLED only: COMPLETED ones answer 410 then."
+    )
+
+
+class ExpiredResponse(BaseModel):
+    """HTTP 410: the request COMPLETED, but retention has deleted its outputs."""
+
+    error: str = Field(
+        description="the outputs of request <id> expired at <time> (results are kept <period>)"
+    )
+    status: str
+    request_id: str
+    expired_at: str

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
+from api.idempotency import IdempotencyKey, check_unused
 from api.image_source import load_image_bytes
 from api.images import ImageError, prepare
 from api.img2img.schemas import MAX_SEED, Img2ImgRequest
@@ -16,6 +17,8 @@ from common import credits, limits, storage
 from common.models import Account, Job, JobStatus
 from common.settings import Settings
 from common.storage import Storage
+from common.urlsafety import UrlError
+from common.webhooks.events import check_target_url
 
 
 def _check_request(req: Img2ImgRequest, settings: Settings) -> None:
@@ -29,6 +32,17 @@ def _check_request(req: Img2ImgRequest, settings: Settings) -> None:
             "strength: too low for num_inference_steps; "
             "int(num_inference_steps * strength) must be at least 1",
         )
+    _check_webhook(req, settings)
+
+
+def _check_webhook(req: Img2ImgRequest, settings: Settings) -> None:
+    if req.webhook_events_filter is not None and req.webhook_url is None:
+        raise ApiError(400, "webhook_events_filter: needs webhook_url")
+    if req.webhook_url is not None:
+        try:
+            check_target_url(req.webhook_url, settings)
+        except UrlError as exc:
+            raise ApiError(400, f"webhook_url: {exc}") from exc
 
 
 def _check_in_flight(session: Session, account: Account, settings: Settings, *, lock: bool) -> None:
@@ -39,14 +53,22 @@ def _check_in_flight(session: Session, account: Account, settings: Settings, *, 
 
 
 def submit(
-    session: Session, store: Storage, settings: Settings, account: Account, req: Img2ImgRequest
+    session: Session,
+    store: Storage,
+    settings: Settings,
+    account: Account,
+    req: Img2ImgRequest,
+    idempotency: IdempotencyKey | None = None,
 ) -> tuple[Job, int]:
     """Validate, store the input, insert the job and debit its cost. Returns (job, balance).
 
     Everything that can refuse the request runs before the debit, so a refused request
     costs nothing. The input object is written before the commit: if the commit fails,
     an unreferenced object is left for retention to delete, never a job without input.
+    With an idempotency key already used, raises idempotency.Replay (same body) or a
+    422 (another body) first, before any other check: a replay is never refused.
     """
+    check_unused(session, account.id, idempotency)
     _check_request(req, settings)
     _check_in_flight(session, account, settings, lock=False)  # early, before any I/O
     cost = credits.job_cost(req.samples, req.num_inference_steps)
@@ -71,6 +93,8 @@ def submit(
     # The real in-flight check: locks the account row until commit, so concurrent
     # submits of one account count one after another (the debit below needs it too).
     _check_in_flight(session, account, settings, lock=True)
+    # Again under the account lock: a concurrent duplicate may have committed meanwhile.
+    check_unused(session, account.id, idempotency)
     job = Job(
         id=job_id,
         account_id=account.id,
@@ -81,6 +105,8 @@ def submit(
         input_key=key,
         output_keys=[],
         metrics={},
+        idempotency_key=idempotency.key if idempotency else None,
+        request_hash=idempotency.request_hash if idempotency else None,
     )
     session.add(job)
     session.flush()

@@ -24,19 +24,17 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api import idempotency
 from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep, set_remaining_credits
 from api.errors import ApiError, ErrorBody, error_responses
-from api.img2img import service
 from api.img2img.endpoints import SUBMIT_ERRORS
 from api.img2img.schemas import Img2ImgRequest
 from api.job_waiters import JobWaiters, job_waiters
 from common import jobs
 from common.db import session_scope
 from common.models import Account, Job, JobStatus
-from common.settings import Settings
 from common.storage import Storage
 from common.tasks import enqueue_job
 
@@ -82,14 +80,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "poll the status URL named in `error` (also in `x-status-url`).",
     },
 }
-
-
-def _submit_and_commit(
-    session: Session, store: Storage, settings: Settings, account: Account, body: Img2ImgRequest
-) -> tuple[Job, int]:
-    job, balance = service.submit(session, store, settings, account, body)
-    session.commit()
-    return job, balance
 
 
 def _enqueue(job_id: uuid.UUID) -> None:
@@ -159,11 +149,14 @@ async def run_v1(
     settings: SettingsDep,
     store: StorageDep,
     account: CurrentAccount,
+    idempotency_key: idempotency.IdempotencyKeyHeader = None,
 ) -> Response:
     """Generate and wait: the answer is the image itself (Segmind's v1 protocol)."""
-    job, balance = await run_in_threadpool(
-        _submit_and_commit, session, store, settings, account, body
+    key = idempotency.parse(idempotency_key, body)
+    submitted = await run_in_threadpool(
+        idempotency.submit_and_commit, session, store, settings, account, body, key
     )
+    job, balance = submitted.job, submitted.balance
     set_remaining_credits(request, balance)
     base = (settings.public_base_url or str(request.base_url)).rstrip("/")
     status_url = f"{base}/v2/requests/{job.id}/status"
@@ -172,10 +165,15 @@ async def run_v1(
         "x-status-url": status_url,
         "x-response-url": f"{base}/v2/requests/{job.id}",
     }
+    if submitted.replayed:
+        headers[idempotency.REPLAYED_HEADER] = "true"
 
     waiters: JobWaiters = job_waiters(request.app)
     with waiters.register(job.id) as woken:  # before enqueueing: no lost wake-up
-        await run_in_threadpool(_enqueue, job.id)
+        if submitted.replayed:  # the key's original job: never sent twice; maybe over
+            woken.set()  # already, so read it at once
+        else:
+            await run_in_threadpool(_enqueue, job.id)
         final, latest_balance = await _wait(
             woken, job.id, account.id, settings.sync_wait_timeout_seconds
         )

@@ -11,7 +11,11 @@ from common.tasks import get_celery
 
 # Modules defining CPU tasks; each may define `BEAT_SCHEDULE: dict[str, dict]` entries
 # (Celery beat format) for periodic tasks. Add new modules here.
-TASK_MODULES: tuple[str, ...] = ()
+TASK_MODULES: tuple[str, ...] = (
+    "common.background.retention_tasks",
+    "common.background.reconcile_tasks",
+    "common.background.webhook_tasks",
+)
 
 
 def load_tasks() -> Celery:

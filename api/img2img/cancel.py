@@ -1,0 +1,81 @@
+"""`POST /v2/requests/{id}/cancel`.
+
+- QUEUED: CANCELLED at once and refunded, in one transaction; it will never run (the
+  worker claims only QUEUED jobs, so its message is dropped). **200** with the status.
+- PROCESSING: the request is recorded (`cancel_requested_at`) and flagged in Redis; the
+  worker stops between two denoising steps (no VAE decode, no upload), then makes it
+  CANCELLED and refunds it. **202** with the status (still PROCESSING,
+  `cancel_requested: true`); follow it with the status URL or the event stream. A job
+  whose denoising already ended completes anyway, and stays charged.
+- Already COMPLETED, FAILED or CANCELLED: **409**. Unknown or another tenant's: 404.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+
+from api.deps import CurrentAccount, SessionDep, SettingsDep, set_remaining_credits
+from api.errors import ApiError, error_responses
+from api.img2img.endpoints import status_body
+from api.img2img.schemas import StatusResponse
+from common import cancel_flags, jobs, notify
+from common.models import Account, JobStatus
+
+router = APIRouter(tags=["ssd-img2img"])
+
+
+@router.post(
+    "/v2/requests/{request_id}/cancel",
+    response_model=StatusResponse,
+    responses={
+        200: {"description": "It was QUEUED: now CANCELLED and refunded."},
+        202: {
+            "model": StatusResponse,
+            "description": "It is PROCESSING: cancellation requested; the worker stops it "
+            "within a denoising step, then it becomes CANCELLED and is refunded.",
+        },
+        **error_responses(401, 404, 409),
+    },
+)
+def cancel_request(
+    request_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    account: CurrentAccount,
+) -> JSONResponse:
+    try:
+        job_id = uuid.UUID(request_id)
+    except ValueError:
+        raise ApiError(404, "request not found") from None
+
+    job = jobs.cancel_queued(session, job_id, account.id)
+    if job is not None:  # refunded, job.completed webhooks recorded: one transaction
+        status_code = 200
+    else:
+        job = jobs.request_cancel(session, job_id, account.id)
+        status_code = 202
+    if job is None:
+        current = jobs.get_job(session, job_id, account_id=account.id)
+        if current is None:
+            raise ApiError(404, "request not found")
+        raise ApiError(
+            409,
+            f"request {job_id} is {current.status.value}: only QUEUED and PROCESSING "
+            "requests can be cancelled",
+        )
+    balance = session.execute(select(Account.balance).where(Account.id == account.id)).scalar_one()
+    session.commit()
+    # After the commit: whoever is woken must find the row as it is now.
+    if job.status == JobStatus.CANCELLED:
+        notify.publish_job_finished(job.id, JobStatus.CANCELLED)
+    else:
+        cancel_flags.raise_flag(job.id)
+    set_remaining_credits(request, balance)
+    body = status_body(session, job, settings)
+    session.commit()  # status_body may have read: end that transaction too
+    return JSONResponse(body.model_dump(), status_code=status_code)

@@ -1,0 +1,1 @@
+"""`/v2/webhooks`: a tenant's webhook endpoints, signing secret and deliveries."""

@@ -1,0 +1,195 @@
+"""`/v2/webhooks`: the caller's webhook endpoints, signing secret and deliveries.
+
+Everything is scoped to the caller's account (another tenant's endpoint or delivery is
+404); the work is done by common.webhooks.manage, which the CLI calls too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from api.deps import CurrentAccount, SessionDep, SettingsDep
+from api.errors import ApiError, error_responses
+from api.webhooks import schemas
+from common.models import WebhookDeliveryState
+from common.webhooks import manage
+
+router = APIRouter(prefix="/v2/webhooks", tags=["webhooks"])
+
+_ERRORS = error_responses(400, 401, 403, 429)
+_WITH_404 = error_responses(400, 401, 403, 404, 429)
+_WITH_409 = error_responses(400, 401, 403, 404, 409, 429)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    try:
+        yield
+    except manage.NotFound as exc:
+        raise ApiError(404, str(exc)) from exc
+    except manage.InvalidInput as exc:
+        raise ApiError(400, str(exc)) from exc
+    except manage.Conflict as exc:
+        raise ApiError(409, str(exc)) from exc
+
+
+def _id(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ApiError(404, f"{what} not found") from None
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.EndpointView,
+    responses=_WITH_409,
+)
+def create_endpoint(
+    body: schemas.CreateEndpointBody,
+    session: SessionDep,
+    settings: SettingsDep,
+    account: CurrentAccount,
+) -> schemas.EndpointView:
+    """An endpoint that receives the chosen events of all the account's requests."""
+    with _refusals():
+        endpoint = manage.create_endpoint(
+            session, settings, account.id, body.url, body.events, body.description
+        )
+    session.commit()
+    return schemas.endpoint_view(endpoint)
+
+
+@router.get("", response_model=schemas.EndpointList, responses=_ERRORS)
+def list_endpoints(session: SessionDep, account: CurrentAccount) -> schemas.EndpointList:
+    endpoints = manage.list_endpoints(session, account.id)
+    return schemas.EndpointList(endpoints=[schemas.endpoint_view(e) for e in endpoints])
+
+
+@router.get("/secret", response_model=schemas.SecretView, responses=_ERRORS)
+def get_secret(session: SessionDep, account: CurrentAccount) -> schemas.SecretView:
+    """The secret(s) webhooks are signed with; the first is made on first use."""
+    secrets = manage.get_secrets(session, account.id)
+    session.commit()
+    return schemas.secret_view(secrets)
+
+
+@router.post("/secret/rotate", response_model=schemas.SecretView, responses=_ERRORS)
+def rotate_secret(
+    session: SessionDep,
+    settings: SettingsDep,
+    account: CurrentAccount,
+    body: schemas.RotateSecretBody | None = None,
+) -> schemas.SecretView:
+    """A new secret; the old one keeps signing too (a second signature) for the overlap."""
+    with _refusals():
+        secrets = manage.rotate_secret(
+            session, settings, account.id, body.overlap_seconds if body else None
+        )
+    session.commit()
+    return schemas.secret_view(secrets)
+
+
+@router.get("/deliveries", response_model=schemas.DeliveryPage, responses=_WITH_404)
+def list_deliveries(
+    session: SessionDep,
+    account: CurrentAccount,
+    request_id: Annotated[str | None, Query(description="Only this request's.")] = None,
+    endpoint_id: Annotated[str | None, Query(description="Only this endpoint's.")] = None,
+    state: Annotated[WebhookDeliveryState | None, Query(description="Only this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+) -> schemas.DeliveryPage:
+    """Deliveries (one per event and target), newest first, with every attempt."""
+    with _refusals():
+        page = manage.list_deliveries(
+            session,
+            account.id,
+            limit=limit,
+            request_id=_id(request_id, "request") if request_id else None,
+            endpoint_id=_id(endpoint_id, "webhook endpoint") if endpoint_id else None,
+            state=state,
+            cursor=cursor,
+        )
+    return schemas.DeliveryPage(
+        deliveries=[schemas.delivery_view(d, page.attempts[d.id]) for d in page.deliveries],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/deliveries/{delivery_id}", response_model=schemas.DeliveryView, responses=_WITH_404)
+def get_delivery(
+    delivery_id: str, session: SessionDep, account: CurrentAccount
+) -> schemas.DeliveryView:
+    with _refusals():
+        delivery = manage.get_delivery(session, account.id, _id(delivery_id, "webhook delivery"))
+    return schemas.delivery_view(delivery, manage.attempts_of(session, [delivery.id])[delivery.id])
+
+
+@router.post(
+    "/deliveries/{delivery_id}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.DeliveryView,
+    responses=_WITH_409,
+)
+def replay_delivery(
+    delivery_id: str, session: SessionDep, account: CurrentAccount
+) -> schemas.DeliveryView:
+    """Send a finished (succeeded or failed) delivery again, with the same webhook-id:
+    a new series of attempts."""
+    with _refusals():
+        delivery = manage.replay_delivery(session, account.id, _id(delivery_id, "webhook delivery"))
+        attempts = manage.attempts_of(session, [delivery.id])[delivery.id]
+    session.commit()  # queues the attempt
+    return schemas.delivery_view(delivery, attempts)
+
+
+@router.get("/{endpoint_id}", response_model=schemas.EndpointView, responses=_WITH_404)
+def get_endpoint(
+    endpoint_id: str, session: SessionDep, account: CurrentAccount
+) -> schemas.EndpointView:
+    with _refusals():
+        endpoint = manage.get_endpoint(session, account.id, _id(endpoint_id, "webhook endpoint"))
+    return schemas.endpoint_view(endpoint)
+
+
+@router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_WITH_404)
+def delete_endpoint(endpoint_id: str, session: SessionDep, account: CurrentAccount) -> Response:
+    """Delete the endpoint, with its deliveries and their attempts."""
+    with _refusals():
+        manage.delete_endpoint(session, account.id, _id(endpoint_id, "webhook endpoint"))
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _set_enabled(
+    endpoint_id: str, session: SessionDep, account: CurrentAccount, enabled: bool
+) -> schemas.EndpointView:
+    with _refusals():
+        endpoint = manage.set_endpoint_enabled(
+            session, account.id, _id(endpoint_id, "webhook endpoint"), enabled
+        )
+    session.commit()
+    return schemas.endpoint_view(endpoint)
+
+
+@router.post("/{endpoint_id}/disable", response_model=schemas.EndpointView, responses=_WITH_404)
+def disable_endpoint(
+    endpoint_id: str, session: SessionDep, account: CurrentAccount
+) -> schemas.EndpointView:
+    """Send it nothing until enabled again; its waiting deliveries fail."""
+    return _set_enabled(endpoint_id, session, account, False)
+
+
+@router.post("/{endpoint_id}/enable", response_model=schemas.EndpointView, responses=_WITH_404)
+def enable_endpoint(
+    endpoint_id: str, session: SessionDep, account: CurrentAccount
+) -> schemas.EndpointView:
+    """Send it events again (after a 410 Gone disabled it, say)."""
+    return _set_enabled(endpoint_id, session, account, True)

@@ -1,0 +1,205 @@
+"""A stack of its own for the fault-injection tests (tests/test_faults.py): its own
+PostgreSQL, Redis and S3, an API, a CPU worker (reconciler every second) and GPU
+workers the tests start, kill and restart at will, so that killing processes and
+flushing Redis never touches the shared `live_stack`.
+
+Short intervals (LEASE_SECONDS=3, RECONCILE_INTERVAL_SECONDS=1, ...) make recoveries
+take seconds instead of minutes; every other setting is the production default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import func, select
+
+from cli import stack
+from common.db import session_scope
+from common.devstack.ports import free_port
+from common.devstack.process import (
+    log_path,
+    log_tail,
+    pidfile_path,
+    start_process,
+    stop_pidfile,
+)
+from common.devstack.stack import purge_state, start_services
+from common.models import CreditLedgerEntry, Job, LedgerReason
+from tests.conftest import ROOT
+
+FAST_RECOVERY = {
+    "LEASE_SECONDS": "3",  # heartbeat every second
+    "RECONCILE_INTERVAL_SECONDS": "1",
+    "REDISPATCH_AFTER_SECONDS": "2",
+    "MAX_ATTEMPTS": "3",
+    "DEFAULT_RATE_LIMIT_PER_MINUTE": "1000000",
+    "DEFAULT_MAX_JOBS_IN_FLIGHT": "1000000",
+}
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -> float:
+    """Poll `condition` until true; returns the seconds it took (for docs, not asserts)."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"still not {what} after {timeout}s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@dataclass
+class Worker:
+    name: str
+    popen: subprocess.Popen[bytes]
+    ready_file: Path
+    log_file: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            assert self.popen.poll() is None, f"{self.name} exited:\n{self.log()}"
+            assert time.monotonic() < deadline, f"{self.name} not ready after {timeout}s"
+            time.sleep(0.1)
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def wait_exit(self, timeout: float = 300) -> int:
+        """The exit status; negative: killed by that signal."""
+        return self.popen.wait(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        return log_tail(self.log_file, 8000)
+
+
+@dataclass
+class FaultStack:
+    state_dir: Path
+    env: dict[str, str]
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return self.env["API_URL"]
+
+    # --- processes ----------------------------------------------------------------------
+
+    def start_worker(
+        self, name: str, wait: bool = True, extra_env: dict[str, str] | None = None
+    ) -> Worker:
+        """A GPU worker process (as `stack.start_worker` starts it, keeping its Popen for
+        the exit status), with `extra_env` on top of the stack's environment; returns
+        once it consumes, unless `wait` is False."""
+        ready = self.state_dir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "worker", "--ready-file", str(ready)]
+        # One torch thread: on a loaded 2-core machine, torch's default thread pool makes
+        # a tiny job take minutes instead of seconds (threads spinning against each other).
+        env = {**os.environ, **self.env, "OMP_NUM_THREADS": "1", **(extra_env or {})}
+        popen = start_process(name, argv, self.state_dir, env=env, cwd=ROOT)
+        worker = Worker(name=name, popen=popen, ready_file=ready, log_file=self.log_file(name))
+        self.workers.append(worker)
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    def log_file(self, name: str) -> Path:
+        return log_path(self.state_dir, name)
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            stop_pidfile(pidfile_path(self.state_dir, worker.name), timeout=60)
+        self.workers.clear()
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            env={**os.environ, **self.env},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    # --- data -----------------------------------------------------------------------------
+
+    def create_account(self, credits: int) -> tuple[str, str]:
+        data = json.loads(
+            self.cli("accounts", "create", "--name", "faults", "--credits", str(credits), "--json")
+        )
+        return data["id"], data["api_key"]
+
+    def client(self, api_key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, headers={"x-api-key": api_key}, timeout=60)
+
+    def submit(self, api_key: str, body: dict[str, Any]) -> uuid.UUID:
+        with self.client(api_key) as client:
+            response = client.post("/v2/ssd-img2img", json=body)
+        assert response.status_code == 200, response.text
+        return uuid.UUID(response.json()["request_id"])
+
+    def job(self, job_id: uuid.UUID) -> Job:
+        with session_scope(self.env["DATABASE_URL"]) as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            session.expunge(job)
+            return job
+
+    def ledger(self, account_id: str) -> list[tuple[LedgerReason, int]]:
+        with session_scope(self.env["DATABASE_URL"]) as session:
+            rows = session.execute(
+                select(CreditLedgerEntry.reason, CreditLedgerEntry.amount)
+                .where(CreditLedgerEntry.account_id == uuid.UUID(account_id))
+                .order_by(CreditLedgerEntry.id)
+            ).all()
+        return [(reason, amount) for reason, amount in rows]
+
+    def count_jobs(self, *conditions: Any) -> int:
+        with session_scope(self.env["DATABASE_URL"]) as session:
+            return session.execute(
+                select(func.count()).select_from(Job).where(*conditions)
+            ).scalar_one()
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.env["REDIS_URL"])
+
+
+@contextlib.contextmanager
+def fault_stack(state_dir: Path, model_dir: Path) -> Iterator[FaultStack]:
+    """Services, migrations, the API and the CPU worker; GPU workers are up to the test."""
+    try:
+        services = start_services(state_dir, fast=True)
+        port = free_port()
+        env = stack.service_env(services, f"http://127.0.0.1:{port}", model_dir)
+        env.update(FAST_RECOVERY)
+        stack.migrate(env)
+        stack.start_api(state_dir, env, port)
+        ready = stack.start_background(state_dir, env)
+        stack.wait_healthy(state_dir, env["API_URL"], [ready], timeout=180)
+        faults = FaultStack(state_dir=state_dir, env=env)
+        yield faults
+        faults.stop_workers()
+    finally:
+        stack.down(state_dir)
+        purge_state(state_dir)

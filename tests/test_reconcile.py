@@ -1,0 +1,251 @@
+"""The reconciler (common/reconcile.py) through `ssd-img2img reconcile`, on a database of
+its own: which jobs it takes back, fails, cancels and sends again, what it leaves
+alone, the messages it sends, and that concurrent runs share the work.
+
+Time is simulated by back-dating rows; the queue is one no worker consumes, on the
+shared Redis. The end-to-end behaviour with real workers is in tests/test_faults.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from alembic import command
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from common.db import session_scope
+from common.models import Account, CreditLedgerEntry, Job, JobStatus, LedgerReason
+from tests.conftest import ROOT
+from tests.test_migrations import _config
+
+COST = 20
+SETTINGS = {
+    "MAX_ATTEMPTS": "3",
+    "REDISPATCH_AFTER_SECONDS": "60",  # re-sends wait 60 s, 120 s, 240 s, ...
+    "BROKER_VISIBILITY_TIMEOUT_SECONDS": "3600",  # jobs claimed without a lease
+}
+
+
+@pytest.fixture
+def reconcile_env(services_env: tuple[object, dict[str, str]]) -> Iterator[dict[str, str]]:
+    """The shared services' settings, with a fresh migrated database and a queue that
+    nothing consumes."""
+    env = services_env[1]
+    url = make_url(env["DATABASE_URL"])
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS reconcile_check WITH (FORCE)"))
+        conn.execute(text("CREATE DATABASE reconcile_check"))
+    db_url = url.set(database="reconcile_check").render_as_string(hide_password=False)
+    command.upgrade(_config(db_url), "heads")
+    queue = f"reconcile-check-{uuid.uuid4().hex[:8]}"
+    yield {**env, **SETTINGS, "DATABASE_URL": db_url, "GPU_QUEUE": queue}
+    with redis.Redis.from_url(env["REDIS_URL"]) as client:
+        client.delete(queue)
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS reconcile_check WITH (FORCE)"))
+    admin.dispose()
+
+
+def reconcile(env: dict[str, str], *options: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "reconcile", "--json", *options],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def sent_job_ids(env: dict[str, str]) -> list[str]:
+    """Job ids of the messages waiting in the queue (Celery protocol 2, JSON body)."""
+    with redis.Redis.from_url(env["REDIS_URL"]) as client:
+        raw = client.lrange(env["GPU_QUEUE"], 0, -1)
+    ids = []
+    for message in raw:
+        body = json.loads(base64.b64decode(json.loads(message)["body"]))
+        ids.append(body[0][0])  # (args, kwargs, embed): args = [job_id]
+    return ids
+
+
+def ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+def seed_jobs(
+    db_url: str, jobs: dict[str, dict[str, Any]]
+) -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
+    """An account (balance 1000, its jobs already debited) and jobs named by the test."""
+    ids = {name: uuid.uuid4() for name in jobs}
+    account_id = uuid.uuid4()
+    with session_scope(db_url) as session:
+        session.add(Account(id=account_id, name="reconcile", balance=1000))
+        session.flush()
+        for name, columns in jobs.items():
+            session.add(
+                Job(
+                    id=ids[name],
+                    account_id=account_id,
+                    params={"prompt": name},
+                    seed=1,
+                    cost=COST,
+                    input_key=f"inputs/{account_id}/{name}.png",
+                    **columns,
+                )
+            )
+            session.flush()
+            session.add(
+                CreditLedgerEntry(
+                    account_id=account_id,
+                    job_id=ids[name],
+                    amount=-COST,
+                    reason=LedgerReason.JOB_DEBIT,
+                )
+            )
+    return account_id, ids
+
+
+def processing(attempts: int, lease_in: float | None, **extra: Any) -> dict[str, Any]:
+    """A PROCESSING job whose lease ends `lease_in` seconds from now (None: no lease)."""
+    return {
+        "status": JobStatus.PROCESSING,
+        "attempts": attempts,
+        "started_at": extra.pop("started_at", ago(30)),
+        "lease_owner": None if lease_in is None else "gone:1/abc",
+        "lease_expires_at": None if lease_in is None else ago(-lease_in),
+        **extra,
+    }
+
+
+def queued(created: float, dispatched: float | None = None, count: int = 0) -> dict[str, Any]:
+    """A QUEUED job created `created` seconds ago, re-sent `dispatched` seconds ago."""
+    return {
+        "status": JobStatus.QUEUED,
+        "created_at": ago(created),
+        "dispatched_at": None if dispatched is None else ago(dispatched),
+        "dispatch_count": count,
+    }
+
+
+def test_reconcile_takes_back_fails_cancels_and_resends_exactly_the_due_jobs(
+    reconcile_env: dict[str, str],
+) -> None:
+    db_url = reconcile_env["DATABASE_URL"]
+    account_id, ids = seed_jobs(
+        db_url,
+        {
+            "expired": processing(attempts=1, lease_in=-10),
+            "expired_last_attempt": processing(attempts=3, lease_in=-10),
+            "expired_cancel_asked": processing(
+                attempts=1, lease_in=-10, cancel_requested_at=ago(20)
+            ),
+            "leased": processing(attempts=1, lease_in=60),
+            # Claimed by a worker without leases (before this version): it counts as
+            # leased for the visibility timeout (3600 s here) from its start.
+            "unleased_old": processing(attempts=1, lease_in=None, started_at=ago(7200)),
+            "unleased_recent": processing(attempts=1, lease_in=None, started_at=ago(600)),
+            "queued_lost": queued(created=120),
+            "queued_recent": queued(created=10),
+            "resent_backing_off": queued(created=500, dispatched=100, count=1),  # waits 120
+            "resent_due": queued(created=500, dispatched=130, count=1),
+            "completed": {"status": JobStatus.COMPLETED, "lease_expires_at": ago(100)},
+        },
+    )
+
+    report = reconcile(reconcile_env)
+
+    by_name = {str(job_id): name for name, job_id in ids.items()}
+
+    def named(key: str) -> set[str]:
+        return {by_name[job_id] for job_id in report[key]}
+
+    assert named("requeued") == {"expired", "unleased_old"}
+    assert named("failed") == {"expired_last_attempt"}
+    assert named("cancelled") == {"expired_cancel_asked"}
+    assert named("redispatched") == {"queued_lost", "resent_due"}
+    assert report["send_errors"] == 0
+    # One message per job sent again, sent after the commit.
+    expected = {str(ids[n]) for n in ("expired", "unleased_old", "queued_lost", "resent_due")}
+    assert sorted(sent_job_ids(reconcile_env)) == sorted(expected)
+
+    with session_scope(db_url) as session:
+        jobs: dict[str, Job] = {}
+        for name, job_id in ids.items():
+            found = session.get(Job, job_id)
+            assert found is not None
+            session.expunge(found)
+            jobs[name] = found
+        refunded = set(
+            session.execute(
+                select(CreditLedgerEntry.job_id).where(
+                    CreditLedgerEntry.reason == LedgerReason.JOB_REFUND
+                )
+            ).scalars()
+        )
+        balance = session.execute(
+            select(Account.balance).where(Account.id == account_id)
+        ).scalar_one()
+    for name in ("expired", "unleased_old"):
+        job = jobs[name]
+        assert job.status == JobStatus.QUEUED
+        assert (job.lease_owner, job.lease_expires_at) == (None, None)
+        assert job.dispatch_count == 1
+        assert job.attempts == 1  # the next claim counts the next attempt
+    assert jobs["expired_last_attempt"].status == JobStatus.FAILED
+    assert "3 attempts" in (jobs["expired_last_attempt"].error or "")
+    assert jobs["expired_cancel_asked"].status == JobStatus.CANCELLED
+    assert refunded == {ids["expired_last_attempt"], ids["expired_cancel_asked"]}
+    assert balance == 1000 + 2 * COST
+    assert jobs["leased"].status == jobs["unleased_recent"].status == JobStatus.PROCESSING
+    assert jobs["resent_due"].dispatch_count == 2
+    assert (jobs["queued_recent"].dispatched_at, jobs["queued_recent"].dispatch_count) == (None, 0)
+    assert jobs["resent_backing_off"].dispatch_count == 1
+    assert jobs["completed"].status == JobStatus.COMPLETED
+
+    # Right after, nothing is due: every re-sent job waits again, with a longer wait.
+    again = reconcile(reconcile_env)
+    assert again == {
+        "requeued": [],
+        "failed": [],
+        "cancelled": [],
+        "redispatched": [],
+        "send_errors": 0,
+    }
+    # After a known loss of Redis's data, the operator re-sends every QUEUED job at once.
+    every = reconcile(reconcile_env, "--every-queued")
+    queued_now = {"expired", "unleased_old", "queued_lost", "queued_recent"}
+    queued_now |= {"resent_backing_off", "resent_due"}
+    assert {by_name[i] for i in every["redispatched"]} == queued_now
+
+
+def test_concurrent_reconcilers_share_the_work(reconcile_env: dict[str, str]) -> None:
+    """Several replicas at once (FOR UPDATE SKIP LOCKED): every due job is handled by
+    exactly one of them, and sent exactly once."""
+    count = 120
+    _, ids = seed_jobs(
+        reconcile_env["DATABASE_URL"],
+        {f"lost-{i}": queued(created=300) for i in range(count)}
+        | {f"dead-{i}": processing(attempts=1, lease_in=-5) for i in range(count)},
+    )
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        reports = list(pool.map(lambda _: reconcile(reconcile_env), range(3)))
+
+    handled = [job_id for r in reports for key in ("requeued", "redispatched") for job_id in r[key]]
+    assert sorted(handled) == sorted(str(job_id) for job_id in ids.values())
+    assert sorted(sent_job_ids(reconcile_env)) == sorted(handled)

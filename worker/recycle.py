@@ -1,0 +1,68 @@
+"""GPU worker recycling: after WORKER_MAX_JOBS jobs, or once the process's resident
+memory exceeds WORKER_MAX_RSS_MB, the worker finishes the job it has and exits cleanly
+(exit status 0), for its supervisor (docker `restart:`, systemd `Restart=always`, a
+Kubernetes Deployment) to start a fresh one.
+
+Celery's own `worker_max_tasks_per_child` / `worker_max_memory_per_child` act on
+prefork pool children only; the GPU worker runs the solo pool (the pipeline lives in
+the worker process itself), so recycling is done here: the worker sends itself SIGTERM,
+Celery's warm shutdown, which lets the current task return (and its message be
+acknowledged) and takes no new message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+
+from common.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def rss_mb() -> float:
+    """The process's current resident set size in MiB (its peak where /proc is missing)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class Recycler:
+    """Counts the jobs this worker handled; asks for a warm shutdown when due."""
+
+    def __init__(self, max_jobs: int, max_rss_mb: int) -> None:
+        self.max_jobs = max_jobs
+        self.max_rss_mb = max_rss_mb
+        self.jobs = 0
+        self.requested = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Recycler:
+        return cls(settings.worker_max_jobs, settings.worker_max_rss_mb)
+
+    def reason(self) -> str | None:
+        if self.max_jobs and self.jobs >= self.max_jobs:
+            return f"handled {self.jobs} jobs (WORKER_MAX_JOBS={self.max_jobs})"
+        if self.max_rss_mb:
+            rss = rss_mb()
+            if rss > self.max_rss_mb:
+                return f"RSS {rss:.0f} MiB > WORKER_MAX_RSS_MB={self.max_rss_mb}"
+        return None
+
+    def job_done(self) -> None:
+        """Call after each job (each message handled, duplicates included)."""
+        self.jobs += 1
+        if self.requested:
+            return
+        why = self.reason()
+        if why is not None:
+            self.requested = True
+            logger.info("recycling this worker: %s; it exits after this job", why)
+            os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown

@@ -1,0 +1,137 @@
+"""What the worker does between two denoising steps of a job: check whether the job was
+cancelled, and report its progress. It runs on the GPU's critical path (hundreds of
+times per job), so it costs at most one Redis round trip per step, writes progress to
+Redis at most every `progress.MIN_WRITE_INTERVAL_SECONDS`, never writes PostgreSQL, and
+reads PostgreSQL only every `CANCEL_DB_CHECK_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from common import cancel_flags, jobs, notify, progress
+from common.db import session_scope
+from common.models import JobStatus
+from common.webhooks.events import maybe_record_progress_event
+
+logger = logging.getLogger(__name__)
+
+# The database holds cancel requests for sure; the Redis flag only makes them fast. So
+# the database is asked too, now and then, in case the flag was lost.
+CANCEL_DB_CHECK_SECONDS = 5.0
+# After a Redis error, leave Redis alone this long: a down Redis must not add a
+# timeout to every step of the job.
+REDIS_BACKOFF_SECONDS = 5.0
+
+
+class JobCancelled(Exception):
+    """Raised from the step callback when the job's cancellation was requested: it
+    leaves the pipeline at once, with no VAE decode (worker/pipeline.py)."""
+
+    def __init__(self, job_id: uuid.UUID, done: int, total: int) -> None:
+        super().__init__(f"job {job_id} cancelled after step {done} of {total}")
+        self.done = done
+        self.total = total
+
+
+class StepMonitor:
+    """The `on_step(done, total)` callback of one job's `generate()`."""
+
+    def __init__(
+        self,
+        job_id: uuid.UUID,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        cancel_db_check_seconds: float = CANCEL_DB_CHECK_SECONDS,
+    ) -> None:
+        self.job_id = job_id
+        self._clock = clock
+        self._started = clock()
+        self._first_step: tuple[int, float] | None = None
+        self._last_write: float | None = None
+        self._last_db_check = self._started
+        self._db_check_seconds = cancel_db_check_seconds
+        self._redis_retry_at = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        if self._cancel_requested(now):
+            raise JobCancelled(self.job_id, done, total)
+        if self._first_step is None:
+            self._first_step = (done, now)
+        if self._redis_usable(now) and self._write_due(done, total, now):
+            try:
+                progress.write(self.job_id, done, total, self._eta(done, total, now))
+                self._last_write = now
+            except Exception:
+                self._redis_failed(now, "report progress")
+        # job.progress webhooks: throttled per job by the webhooks module; never raises.
+        maybe_record_progress_event(self.job_id, done, total)
+
+    def _write_due(self, done: int, total: int, now: float) -> bool:
+        # The first and the last step always: a client sees the run start and end.
+        return (
+            self._last_write is None
+            or done >= total
+            or now - self._last_write >= progress.MIN_WRITE_INTERVAL_SECONDS
+        )
+
+    def _eta(self, done: int, total: int, now: float) -> float | None:
+        # The pace since the first step: the time before it (prompt encoding, the
+        # VAE encode) does not recur, so counting it would overestimate what is left.
+        assert self._first_step is not None
+        first_done, first_at = self._first_step
+        if done > first_done:
+            return progress.estimate_eta(done - first_done, total - first_done, now - first_at)
+        return progress.estimate_eta(done, total, now - self._started)
+
+    def _cancel_requested(self, now: float) -> bool:
+        if self._redis_usable(now):
+            try:
+                if cancel_flags.is_raised(self.job_id):
+                    return True
+            except Exception:
+                self._redis_failed(now, "check the cancel flag")
+        if now - self._last_db_check >= self._db_check_seconds:
+            self._last_db_check = now
+            try:
+                with session_scope() as session:
+                    return jobs.cancel_requested(session, self.job_id)
+            except Exception:
+                logger.warning("job %s: could not read its cancel request", self.job_id)
+        return False
+
+    def _redis_usable(self, now: float) -> bool:
+        return now >= self._redis_retry_at
+
+    def _redis_failed(self, now: float, what: str) -> None:
+        self._redis_retry_at = now + REDIS_BACKOFF_SECONDS
+        logger.warning(
+            "job %s: could not %s in Redis; leaving Redis alone for %.0fs",
+            self.job_id,
+            what,
+            REDIS_BACKOFF_SECONDS,
+            exc_info=True,
+        )
+
+
+def record_cancelled(
+    job_id: uuid.UUID, metrics: dict[str, Any], lease_owner: str | None = None
+) -> bool:
+    """PROCESSING -> CANCELLED with the refund and the job.completed webhooks, then the
+    job-finished notice (after the commit, so woken v1 waiters and event streams find
+    the row terminal). True if this call made the transition; it happens once, whoever
+    calls it again. With `lease_owner`: only while that worker still holds the job."""
+    with session_scope() as session:
+        job = jobs.finish_cancelled(session, job_id, metrics, lease_owner=lease_owner)
+    cancel_flags.clear(job_id)
+    progress.clear(job_id)
+    if job is None:
+        logger.warning("job %s was no longer PROCESSING; cancellation not recorded", job_id)
+        return False
+    notify.publish_job_finished(job_id, JobStatus.CANCELLED)
+    return True
