@@ -22,25 +22,21 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 from starlette.concurrency import run_in_threadpool
 
+from api.pubsub import PubSubListener, listener_lifespan, started_listener
 from common import notify, progress
 from common.db import session_scope
 from common.models import Job, JobStatus
 from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
-
-_READ_TIMEOUT_SECONDS = 5.0
-_HEALTH_CHECK_SECONDS = 15
-_MAX_BACKOFF_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -86,20 +82,19 @@ class Inbox:
         return news
 
 
-class JobEventHub:
+class JobEventHub(PubSubListener):
+    name = "job-events"
+    channels = (progress.PROGRESS_CHANNEL, notify.JOB_EVENTS_CHANNEL)
+
     def __init__(
         self,
         redis_url: str,
         sweep_seconds: float,
         sweep: Callable[[list[uuid.UUID]], dict[uuid.UUID, SweptState]] = swept_states,
     ) -> None:
-        self._redis_url = redis_url
-        self._sweep_seconds = sweep_seconds
+        super().__init__(redis_url, sweep_seconds)
         self._sweep = sweep
         self._inboxes: dict[uuid.UUID, set[Inbox]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.subscribed = False
 
     @contextlib.contextmanager
     def register(self, job_id: uuid.UUID) -> Iterator[Inbox]:
@@ -124,7 +119,9 @@ class JobEventHub:
             fill(inbox)
             inbox.wake.set()
 
-    def _recheck_all(self) -> None:
+    def on_subscribed(self) -> None:
+        # Whatever happened while we were not subscribed was announced to nobody: every
+        # stream reads its job once.
         for job_id in list(self._inboxes):
             self._deliver(job_id, _set_recheck)
 
@@ -144,63 +141,7 @@ class JobEventHub:
             if finished is not None:
                 self._deliver(finished.job_id, _set_recheck)
 
-    def start(self) -> None:
-        if not self._tasks:
-            self.loop = asyncio.get_running_loop()
-            self._tasks = [
-                asyncio.create_task(self._subscribe_forever(), name="job-events-subscriber"),
-                asyncio.create_task(self._sweep_forever(), name="job-events-sweeper"),
-            ]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-
-    async def _subscribe_forever(self) -> None:
-        backoff = 0.5
-        while True:
-            client = aioredis.Redis.from_url(
-                self._redis_url,
-                health_check_interval=_HEALTH_CHECK_SECONDS,
-                socket_connect_timeout=5,
-                socket_keepalive=True,
-            )
-            try:
-                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(progress.PROGRESS_CHANNEL, notify.JOB_EVENTS_CHANNEL)
-                    self.subscribed = True
-                    backoff = 0.5
-                    # Whatever happened while we were not subscribed was announced to
-                    # nobody: every stream reads its job once.
-                    self._recheck_all()
-                    while True:
-                        message = await pubsub.get_message(timeout=_READ_TIMEOUT_SECONDS)
-                        if message is not None and message.get("type") == "message":
-                            channel = message["channel"]
-                            if isinstance(channel, bytes):
-                                channel = channel.decode()
-                            self.on_message(channel, message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning(
-                    "job events lost (Redis); streams fall back to the %.0fs sweep until the "
-                    "subscription is back",
-                    self._sweep_seconds,
-                    exc_info=True,
-                )
-            finally:
-                self.subscribed = False
-                with contextlib.suppress(Exception):
-                    await client.aclose()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
-
-    async def _sweep_forever(self) -> None:
+    async def sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self._sweep_seconds)
             if not self._inboxes:
@@ -226,23 +167,19 @@ def _set_swept(inbox: Inbox, *, state: SweptState) -> None:
     inbox.swept = state
 
 
+_STATE_ATTR = "job_events"
+
+
 def job_events(app: FastAPI) -> JobEventHub:
-    """The process's hub, started on first use if the lifespan did not start it."""
-    hub: JobEventHub | None = getattr(app.state, "job_events", None)
-    if hub is None or hub.loop not in (None, asyncio.get_running_loop()):
-        settings = get_settings()
-        hub = JobEventHub(settings.redis_url, settings.sync_wait_recheck_seconds)
-        app.state.job_events = hub
-    hub.start()
-    return hub
+    """The process's hub, started on first use."""
+    settings = get_settings()
+    return started_listener(
+        app,
+        _STATE_ATTR,
+        lambda: JobEventHub(settings.redis_url, settings.sync_wait_recheck_seconds),
+    )
 
 
-@contextlib.asynccontextmanager
-async def job_events_lifespan(app: FastAPI) -> AsyncIterator[None]:
+def job_events_lifespan(app: FastAPI) -> contextlib.AbstractAsyncContextManager[None]:
     """Subscribe at startup, so the first stream finds events flowing."""
-    hub = job_events(app)
-    try:
-        yield
-    finally:
-        await hub.stop()
-        app.state.job_events = None
+    return listener_lifespan(app, _STATE_ATTR, job_events)

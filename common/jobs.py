@@ -132,8 +132,7 @@ def fail(
     ).scalar_one_or_none()
     if job is None:
         return False
-    credits.refund_job(session, job)
-    record_job_event(session, job, "completed")  # job.completed webhooks (FAILED)
+    _ended_refunded(session, job)
     return True
 
 
@@ -152,8 +151,7 @@ def cancel_queued(session: Session, job_id: uuid.UUID, account_id: uuid.UUID) ->
         .returning(Job)
     ).scalar_one_or_none()
     if job is not None:
-        credits.refund_job(session, job)
-        record_job_event(session, job, "completed")  # job.completed webhooks (CANCELLED)
+        _ended_refunded(session, job)
     return job
 
 
@@ -199,9 +197,15 @@ def finish_cancelled(
         .returning(Job)
     ).scalar_one_or_none()
     if job is not None:
-        credits.refund_job(session, job)
-        record_job_event(session, job, "completed")  # job.completed webhooks (CANCELLED)
+        _ended_refunded(session, job)
     return job
+
+
+def _ended_refunded(session: Session, job: Job) -> None:
+    """What every refunded end (FAILED, CANCELLED) does in its transaction: the refund,
+    exactly once (the ledger's unique index), and the job.completed webhooks."""
+    credits.refund_job(session, job)
+    record_job_event(session, job, "completed")
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:

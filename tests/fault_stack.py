@@ -10,7 +10,6 @@ take seconds instead of minutes; every other setting is the production default.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
 from sqlalchemy import func, select
 
@@ -37,7 +35,7 @@ from common.devstack.process import (
 )
 from common.devstack.stack import purge_state, start_services
 from common.models import CreditLedgerEntry, Job, LedgerReason
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Stack
 
 FAST_RECOVERY = {
     "LEASE_SECONDS": "3",  # heartbeat every second
@@ -91,15 +89,11 @@ class Worker:
         return log_tail(self.log_file, 8000)
 
 
-@dataclass
-class FaultStack:
-    state_dir: Path
-    env: dict[str, str]
-    workers: list[Worker] = field(default_factory=list)
+@dataclass(frozen=True)
+class FaultStack(Stack):
+    """The stack's own helpers (API URL, CLI, accounts, clients), plus its GPU workers."""
 
-    @property
-    def api_url(self) -> str:
-        return self.env["API_URL"]
+    workers: list[Worker] = field(default_factory=list)
 
     # --- processes ----------------------------------------------------------------------
 
@@ -130,28 +124,7 @@ class FaultStack:
             stop_pidfile(pidfile_path(self.state_dir, worker.name), timeout=60)
         self.workers.clear()
 
-    def cli(self, *args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            env={**os.environ, **self.env},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
     # --- data -----------------------------------------------------------------------------
-
-    def create_account(self, credits: int) -> tuple[str, str]:
-        data = json.loads(
-            self.cli("accounts", "create", "--name", "faults", "--credits", str(credits), "--json")
-        )
-        return data["id"], data["api_key"]
-
-    def client(self, api_key: str) -> httpx.Client:
-        return httpx.Client(base_url=self.api_url, headers={"x-api-key": api_key}, timeout=60)
 
     def submit(self, api_key: str, body: dict[str, Any]) -> uuid.UUID:
         with self.client(api_key) as client:

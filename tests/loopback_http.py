@@ -121,13 +121,22 @@ def loopback_server(tls: ssl.SSLContext | None = None) -> Iterator[LoopbackServe
 
         tls.sni_callback = record_sni
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    with serving(httpd):
+        try:
+            yield server
+        finally:
+            server.stop.set()  # releases handlers that wait on it, before the shutdown
+
+
+@contextmanager
+def serving(httpd: ThreadingHTTPServer) -> Iterator[None]:
+    """Serve `httpd` from a daemon thread until the block ends, then close it."""
     thread = threading.Thread(
         target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )
     thread.start()
     try:
-        yield server
+        yield
     finally:
-        server.stop.set()
         httpd.shutdown()
         httpd.server_close()

@@ -72,7 +72,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> It
 
 @pytest.fixture
 def account(faults: FaultStack) -> Iterator[tuple[str, str]]:
-    yield faults.create_account(CREDITS)
+    yield faults.create_account(CREDITS, name="faults")
     faults.stop_workers()  # each test starts the workers it needs
 
 
@@ -98,6 +98,22 @@ def charged_once(faults: FaultStack, account_id: str, costs: list[int]) -> None:
     assert faults.ledger(account_id) == [(LedgerReason.GRANT, CREDITS)] + [
         (LedgerReason.JOB_DEBIT, -cost) for cost in costs
     ]
+
+
+def failed_and_refunded_once(
+    faults: FaultStack, account: tuple[str, str], job_id: uuid.UUID, cost: int = 20
+) -> None:
+    """The account's only job ended FAILED, as its owner sees it, refunded exactly once."""
+    account_id, key = account
+    assert faults.ledger(account_id) == [
+        (LedgerReason.GRANT, CREDITS),
+        (LedgerReason.JOB_DEBIT, -cost),
+        (LedgerReason.JOB_REFUND, cost),
+    ]
+    with faults.client(key) as client:
+        status = client.get(f"/v2/requests/{job_id}/status")
+    assert status.status_code == 422
+    assert status.json()["status"] == "FAILED"
 
 
 # --- a worker dies mid-job -------------------------------------------------------------
@@ -160,7 +176,7 @@ def test_job_that_kills_every_worker_fails_after_max_attempts_refunded_once(
     """WORKER_TEST_CRASH_PROMPT (worker/fault_hooks.py, test-only): the worker SIGKILLs
     itself on claiming a job with this prompt, as on a job that crashes the GPU driver.
     The test plays the supervisor: it restarts every worker that dies."""
-    account_id, key = account
+    _, key = account
     sentinel = f"crash-{uuid.uuid4().hex[:8]}"
     crash_env = {"WORKER_TEST_CRASH_PROMPT": sentinel}
     job_id = faults.submit(key, quick_body(prompt=sentinel))
@@ -180,15 +196,7 @@ def test_job_that_kills_every_worker_fails_after_max_attempts_refunded_once(
     assert job.status == JobStatus.FAILED
     assert job.attempts == 3 == deaths
     assert "3 attempts" in (job.error or "")
-    assert faults.ledger(account_id) == [
-        (LedgerReason.GRANT, CREDITS),
-        (LedgerReason.JOB_DEBIT, -20),
-        (LedgerReason.JOB_REFUND, 20),
-    ]
-    with faults.client(key) as client:
-        status = client.get(f"/v2/requests/{job_id}/status")
-    assert status.status_code == 422
-    assert status.json()["status"] == "FAILED"
+    failed_and_refunded_once(faults, account, job_id)
 
     # The worker that is up now is healthy: other jobs still run.
     other = faults.submit(key, quick_body())
@@ -262,7 +270,7 @@ def test_postgres_restart_during_a_burst_of_submits_no_500_every_accepted_job_co
 def test_storage_down_when_a_worker_runs_the_job_fails_it_cleanly_refunded(
     faults: FaultStack, account: tuple[str, str]
 ) -> None:
-    account_id, key = account
+    _, key = account
     job_id = faults.submit(key, quick_body())  # its input is stored; no worker runs yet
     port = int(faults.env["S3_ENDPOINT_URL"].rsplit(":", 1)[1])
     s3.stop_s3(faults.state_dir)
@@ -280,14 +288,7 @@ def test_storage_down_when_a_worker_runs_the_job_fails_it_cleanly_refunded(
     job = faults.job(job_id)
     assert job.status == JobStatus.FAILED
     assert (job.error or "").startswith("object storage failed")
-    assert faults.ledger(account_id) == [
-        (LedgerReason.GRANT, CREDITS),
-        (LedgerReason.JOB_DEBIT, -20),
-        (LedgerReason.JOB_REFUND, 20),
-    ]
-    with faults.client(key) as client:
-        status = client.get(f"/v2/requests/{job_id}/status")
-    assert status.status_code == 422 and status.json()["status"] == "FAILED"
+    failed_and_refunded_once(faults, account, job_id)
     # Storage is back: the same worker runs the next job.
     assert worker.alive
     other = faults.submit(key, quick_body())

@@ -15,6 +15,8 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
+from tests.loopback_http import serving
+
 
 @dataclass(frozen=True)
 class Received:
@@ -117,15 +119,8 @@ def webhook_receiver() -> Iterator[Receiver]:
     httpd.daemon_threads = True
     receiver = Receiver(port=httpd.server_address[1])
     state["receiver"] = receiver
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
+    with serving(httpd):
         yield receiver
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 120) -> Any:

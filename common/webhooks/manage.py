@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
@@ -119,17 +120,25 @@ def list_endpoints(session: Session, account_id: uuid.UUID) -> list[WebhookEndpo
     )
 
 
+Owned = TypeVar("Owned", WebhookEndpoint, WebhookDelivery)
+
+
+def _owned(
+    session: Session, model: type[Owned], account_id: uuid.UUID, row_id: uuid.UUID, what: str
+) -> Owned:
+    """The account's row `row_id`; another account's is as unknown as a missing one."""
+    row = session.execute(
+        select(model).where(model.id == row_id, model.account_id == account_id)
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"{what} not found")
+    return row
+
+
 def get_endpoint(
     session: Session, account_id: uuid.UUID, endpoint_id: uuid.UUID
 ) -> WebhookEndpoint:
-    endpoint = session.execute(
-        select(WebhookEndpoint).where(
-            WebhookEndpoint.id == endpoint_id, WebhookEndpoint.account_id == account_id
-        )
-    ).scalar_one_or_none()
-    if endpoint is None:
-        raise NotFound("webhook endpoint not found")
-    return endpoint
+    return _owned(session, WebhookEndpoint, account_id, endpoint_id, "webhook endpoint")
 
 
 def delete_endpoint(session: Session, account_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
@@ -255,14 +264,7 @@ def list_deliveries(
 def get_delivery(
     session: Session, account_id: uuid.UUID, delivery_id: uuid.UUID
 ) -> WebhookDelivery:
-    delivery = session.execute(
-        select(WebhookDelivery).where(
-            WebhookDelivery.id == delivery_id, WebhookDelivery.account_id == account_id
-        )
-    ).scalar_one_or_none()
-    if delivery is None:
-        raise NotFound("webhook delivery not found")
-    return delivery
+    return _owned(session, WebhookDelivery, account_id, delivery_id, "webhook delivery")
 
 
 def replay_delivery(
