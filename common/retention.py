@@ -78,6 +78,15 @@ def seconds_left(job: Job, period: timedelta, now: datetime) -> float | None:
     return (job.finished_at + period - now).total_seconds()
 
 
+def presigned_url_ttl(job: Job, wanted: int, period: timedelta, now: datetime) -> int | None:
+    """How long a presigned URL of the job's outputs may live: `wanted` seconds, but
+    never past the objects' deletion; None once they expired (no URL is worth giving)."""
+    if expiry_time(job, period, now) is not None:
+        return None
+    left = seconds_left(job, period, now)
+    return wanted if left is None else max(1, min(wanted, int(left)))
+
+
 def expired_message(job_id: uuid.UUID, when: datetime, period: timedelta) -> str:
     return (
         f"the outputs of request {job_id} expired at {when.isoformat()} "

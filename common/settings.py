@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     output_url_mode: Literal["presigned", "api"] = "presigned"
     # Retention (common/retention.py): a finished job's outputs and input are deleted
     # this long after it finished; its row stays, marked expired. 24 h rather than
-    # Segmind's 1 h: it outlives webhook retries and a presigned URL handed out late.
+    # Segmind's 1 h: it covers the default webhook retry schedule (11-23 h). No URL
+    # handed out (API or webhook) outlives the objects it points at.
     # Values under a few minutes are for tests only (see the orphan sweep's caveat).
     result_retention_seconds: int = Field(default=24 * 3600, ge=1)
     # How often the CPU worker looks for expired jobs, and for orphaned inputs (objects
@@ -86,8 +87,9 @@ class Settings(BaseSettings):
     # --- webhooks (common/webhooks, README "Webhooks") -------------------------------
     # One delivery attempt (DNS, connect, TLS, request, response) must end within this.
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
-    # Upper bounds of the waits before each retry (full jitter: the wait is uniform in
-    # [0, bound]); their number is the number of retries. About a day in all. JSON list
+    # Upper bounds of the waits before each retry (equal jitter: the wait is uniform in
+    # [bound/2, bound]); their number is the number of retries. The default's retries
+    # span 11-23 hours (17 on average): about a day. JSON list
     # in the environment, e.g. WEBHOOK_RETRY_SCHEDULE_SECONDS='[5, 30, 120]'.
     webhook_retry_schedule_seconds: list[float] = Field(
         default=[5, 30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600], max_length=50

@@ -5,10 +5,15 @@ from __future__ import annotations
 import base64
 import io
 import time
+import uuid
 from typing import Any
 
 import httpx
 from PIL import Image
+from sqlalchemy import func
+
+from common.db import session_scope
+from common.models import Job, JobStatus
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
@@ -46,3 +51,25 @@ def wait_terminal(client: httpx.Client, status_url: str, timeout: float = 120) -
             return body
         assert time.monotonic() < deadline, f"job still {body['status']} after {timeout}s"
         time.sleep(0.1)
+
+
+def insert_job(account_id: str, status: JobStatus, **params: Any) -> uuid.UUID:
+    """A job row that no worker will run (terminal, or PROCESSING for a moment)."""
+    job_id = uuid.uuid4()
+    with session_scope() as session:
+        session.add(
+            Job(
+                id=job_id,
+                account_id=uuid.UUID(account_id),
+                status=status,
+                params={"prompt": "p", "samples": 1, "num_inference_steps": 20, **params},
+                seed=1,
+                cost=0,
+                input_key="inputs/none.png",
+                output_keys=[],
+                metrics={},
+                error="made by the test" if status == JobStatus.FAILED else None,
+                started_at=func.now(),
+            )
+        )
+    return job_id

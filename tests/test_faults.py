@@ -26,6 +26,7 @@ import pytest
 
 from cli import stack
 from common.devstack import postgres, s3
+from common.devstack import redis as redis_service
 from common.devstack.ports import free_port
 from common.devstack.process import is_running, pidfile_path, stop_pidfile
 from common.models import Job, JobStatus, LedgerReason
@@ -214,6 +215,7 @@ def test_postgres_restart_during_a_burst_of_submits_no_500_every_accepted_job_co
     faults.start_worker("gpu-pg")
     port = int(faults.env["DATABASE_URL"].rsplit(":", 1)[1].split("/")[0])
     answers: list[httpx.Response] = []
+    broken: list[Exception] = []  # a connection error or timeout fails the test too
     stop = threading.Event()
 
     def submit_until_stopped(first_seed: int) -> None:
@@ -221,7 +223,11 @@ def test_postgres_restart_during_a_burst_of_submits_no_500_every_accepted_job_co
             for seed in range(first_seed, first_seed + 1000):
                 if stop.is_set():
                     return
-                answers.append(client.post("/v2/ssd-img2img", json=quick_body(seed=seed)))
+                try:
+                    answers.append(client.post("/v2/ssd-img2img", json=quick_body(seed=seed)))
+                except httpx.HTTPError as exc:
+                    broken.append(exc)
+                    return
                 time.sleep(0.2)
 
     def accepted() -> list[uuid.UUID]:
@@ -247,8 +253,10 @@ def test_postgres_restart_during_a_burst_of_submits_no_500_every_accepted_job_co
             submitter.join(120)
 
     # Every answer was a success or a 503 with a JSON error: never a 500.
+    assert not broken, broken
     assert {a.status_code for a in answers} == {200, 503}
-    assert all(a.json()["error"] for a in answers if a.status_code == 503)
+    refused = [a for a in answers if a.status_code == 503]
+    assert all(a.json()["error"] and int(a.headers["retry-after"]) > 0 for a in refused)
     for job_id in accepted():
         wait_status(faults, job_id, JobStatus.COMPLETED, JobStatus.FAILED)
     done = time.monotonic()
@@ -294,6 +302,31 @@ def test_storage_down_when_a_worker_runs_the_job_fails_it_cleanly_refunded(
     other = faults.submit(key, quick_body())
     wait_status(faults, other, JobStatus.COMPLETED)
     measured("storage down: worker ready -> job FAILED and refunded", took)
+
+
+def test_redis_down_at_submit_the_job_is_accepted_and_dispatched_once_it_is_back(
+    faults: FaultStack, account: tuple[str, str]
+) -> None:
+    account_id, key = account
+    port = int(faults.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    faults.start_worker("gpu-redis")
+    redis_service.stop_redis(faults.state_dir)
+    try:
+        asked = time.monotonic()
+        job_id = faults.submit(key, quick_body())  # accepted: committed, then not sent
+        answered = time.monotonic()
+        assert faults.job(job_id).status == JobStatus.QUEUED
+    finally:
+        redis_service.start_redis(faults.state_dir, port=port)
+    back = time.monotonic()
+    wait_status(faults, job_id, JobStatus.COMPLETED, JobStatus.FAILED)
+    done = time.monotonic()
+    job = faults.job(job_id)
+    assert job.status == JobStatus.COMPLETED, job.error
+    assert job.attempts == 1 and job.dispatch_count >= 1  # sent by the reconciler
+    charged_once(faults, account_id, [20])
+    measured("redis down: submit answered in", answered - asked)
+    measured("redis down: redis back -> job completed", done - back)
 
 
 # --- Redis loses every message --------------------------------------------------------

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from common.db import session_scope
 from common.models import CreditLedgerEntry, Job, LedgerReason
+from common.settings import get_settings
 from tests.conftest import Stack
 from tests.helpers import job_body, wait_terminal
 
@@ -166,3 +167,23 @@ def test_v1_replay_answers_the_same_job(live_stack: Stack) -> None:
         via_v2 = submit(client, body, key)
         assert via_v2.json()["request_id"] == first.headers["x-request-id"]
     assert debits(account_id) == 1
+
+
+def test_v1_replay_after_retention_is_410_not_a_dead_link(live_stack: Stack) -> None:
+    _, api_key = live_stack.create_account(credits=100)
+    key, body = new_key(), job_body(base64=False)
+    headers = {"Idempotency-Key": key}
+    with live_stack.client(api_key) as client:
+        first = client.post("/v1/ssd-img2img", json=body, headers=headers)
+        assert first.status_code == 200, first.text
+        request_id = first.headers["x-request-id"]
+        retention = get_settings().result_retention_seconds  # the API's too
+        with session_scope() as session:  # as if the retention period were over
+            job = session.get(Job, uuid.UUID(request_id))
+            assert job is not None
+            job.finished_at = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, retention + 1)
+        again = client.post("/v1/ssd-img2img", json=body, headers=headers)
+    assert again.status_code == 410, again.text
+    assert again.json()["request_id"] == request_id and "expired" in again.json()["error"]
+    assert again.headers["x-request-id"] == request_id
+    assert again.headers[REPLAYED] == "true"

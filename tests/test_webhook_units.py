@@ -99,10 +99,10 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     assert delivery.parse_retry_after(None) is None
 
 
-def test_retry_delay_full_jitter_and_retry_after_cap() -> None:
+def test_retry_delay_equal_jitter_and_retry_after_cap() -> None:
     rng = random.Random(1)
     delays = [delivery.retry_delay(10, None, 3600, rng) for _ in range(500)]
-    assert 0 <= min(delays) < 1 and 9 < max(delays) <= 10  # spread over [0, bound]
+    assert 5 <= min(delays) < 5.5 and 9.5 < max(delays) <= 10  # spread over [bound/2, bound]
     assert all(delivery.retry_delay(10, 60, 3600, rng) == 60 for _ in range(20))  # not before
     assert delivery.retry_delay(10, 10**9, 3600, rng) == 3600  # capped
     assert delivery.retry_delay(100, 1, 3600, random.Random(2)) >= 1

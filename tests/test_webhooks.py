@@ -11,6 +11,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -34,7 +35,7 @@ from common.webhooks.events import iso_now, maybe_record_progress_event, record_
 from common.webhooks.queue import send_now
 from common.webhooks.signing import new_webhook_id
 from tests.conftest import Stack
-from tests.helpers import job_body, wait_terminal
+from tests.helpers import insert_job, job_body, wait_terminal
 from tests.webhook_receiver import Answer, Receiver, wait_until, webhook_receiver
 
 
@@ -91,28 +92,6 @@ def create_endpoint(client: httpx.Client, url: str, **body: Any) -> dict[str, An
     assert response.status_code == 201, response.text
     endpoint: dict[str, Any] = response.json()
     return endpoint
-
-
-def insert_job(account_id: str, status: JobStatus, **params: Any) -> uuid.UUID:
-    """A job row that no worker will run (terminal, or PROCESSING for a moment)."""
-    job_id = uuid.uuid4()
-    with session_scope() as session:
-        session.add(
-            Job(
-                id=job_id,
-                account_id=uuid.UUID(account_id),
-                status=status,
-                params={"prompt": "p", "samples": 1, "num_inference_steps": 20, **params},
-                seed=1,
-                cost=0,
-                input_key="inputs/none.png",
-                output_keys=[],
-                metrics={},
-                error="made by the test" if status == JobStatus.FAILED else None,
-                started_at=func.now(),
-            )
-        )
-    return job_id
 
 
 def insert_delivery(
@@ -185,6 +164,24 @@ def test_retries_until_2xx_with_one_webhook_id_and_valid_signatures(
     assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"
     assert len(seen[-1].body) < 4096
     assert seen[-1].headers["content-type"] == "application/json"
+
+
+def test_retry_after_of_the_receiver_is_honoured(
+    tenant: tuple[str, httpx.Client], receiver: Receiver
+) -> None:
+    """The test schedule retries within 0.2 s; the receiver's Retry-After: 2 wins."""
+    _, client = tenant
+    receiver.script("/later", Answer(429, {"Retry-After": "2"}))  # then 200
+    request_id = submit(
+        client, webhook_url=receiver.url("/later"), webhook_events_filter=["completed"]
+    )
+    (delivery,) = settled(client, 1, request_id=request_id)
+    first, second = delivery["attempts"]
+    assert (first["status_code"], second["status_code"]) == (429, 200)
+    waited = datetime.fromisoformat(second["started_at"]) - datetime.fromisoformat(
+        first["started_at"]
+    )
+    assert waited.total_seconds() >= 2 - 0.1, waited  # one host, one clock
 
 
 def test_default_events_are_started_and_completed_once_each(
@@ -494,6 +491,44 @@ def test_secret_rotation_signs_with_both_secrets_during_the_overlap(
             again.verify(stale)
     (delivery,) = settled(client, 1, request_id=request_id)
     assert [(a["series"], a["number"]) for a in delivery["attempts"]] == [(1, 1), (2, 2)]
+
+
+def test_output_urls_never_outlive_the_objects_and_expired_results_say_so(
+    tenant: tuple[str, httpx.Client], receiver: Receiver
+) -> None:
+    """A retry or replay late in the retention period gets URLs that expire with the
+    objects; one after it gets `expired: true` and no URL, never a dead link."""
+    _, client = tenant
+    secret = secret_of(client)
+    request_id = submit(
+        client, webhook_url=receiver.url("/late"), webhook_events_filter=["completed"]
+    )
+    (delivery,) = settled(client, 1, request_id=request_id)
+    retention = get_settings().result_retention_seconds
+
+    def replay_as_if_finished_ago(seconds: int) -> dict[str, Any]:
+        with session_scope() as session:
+            job = session.get(Job, uuid.UUID(request_id))
+            assert job is not None
+            job.finished_at = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+        seen = len(receiver.at("/late"))
+        response = client.post(f"/v2/webhooks/deliveries/{delivery['id']}/replay")
+        assert response.status_code == 202, response.text
+        latest = receiver.wait_for("/late", seen + 1)[-1]
+        assert latest.headers["webhook-id"] == delivery["webhook_id"]
+        data: dict[str, Any] = latest.verify(secret)["data"]
+        return data
+
+    fresh = receiver.at("/late")[0].verify(secret)["data"]
+    assert fresh["expired"] is False and len(fresh["output"]) == 1
+    late = replay_as_if_finished_ago(retention - 100)  # 100 s of retention left
+    (url,) = late["output"]
+    expires = int(httpx.URL(url).params["X-Amz-Expires"])
+    assert 1 <= expires <= 100, expires
+    assert late["expired"] is False
+    gone = replay_as_if_finished_ago(retention + 60)
+    assert gone["expired"] is True and gone["output"] is None
+    assert gone["status"] == "COMPLETED"
 
 
 def test_replay_of_a_pending_delivery_is_refused(tenant: tuple[str, httpx.Client]) -> None:

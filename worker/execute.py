@@ -25,7 +25,7 @@ from common.storage import Storage
 from worker import fault_hooks
 from worker.heartbeat import LeaseHeartbeat
 from worker.pipeline import GenerationRequest, generate
-from worker.step_monitor import JobCancelled, StepMonitor, record_cancelled
+from worker.step_monitor import JobCancelled, LeaseLost, StepMonitor, record_cancelled
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLImg2ImgPipeline
@@ -115,12 +115,17 @@ def execute(job_id: uuid.UUID, pipe: StableDiffusionXLImg2ImgPipeline, store: St
         settings.lease_renew_seconds,
         max_seconds=settings.broker_visibility_timeout_seconds,  # the longest job
     )
+    progress.clear(job_id)  # an earlier attempt's steps must not show as this one's
     progress.publish_started(job_id)  # after the claim's commit: event streams say PROCESSING
     started = time.perf_counter()
-    monitor = StepMonitor(job_id)  # cancel checks and progress (Redis), between steps
+    # Between steps: lease, cancel checks and progress (Redis).
+    monitor = StepMonitor(job_id, lease_lost=lambda: heartbeat.lost)
     try:
         with heartbeat:
             keys = run(job, pipe, store, monitor)
+    except LeaseLost as stop:
+        logger.warning("%s", stop)  # the job's new owner records its result
+        return
     except JobCancelled as stop:
         cancelled_metrics = {
             "queue_time": job.queue_time,
@@ -145,6 +150,7 @@ def execute(job_id: uuid.UUID, pipe: StableDiffusionXLImg2ImgPipeline, store: St
             )
         if failed:  # after the commit: a woken waiter must find the row terminal
             notify.publish_job_finished(job_id, JobStatus.FAILED)
+            progress.clear(job_id)
         return
     metrics = {
         "queue_time": job.queue_time,
@@ -155,4 +161,5 @@ def execute(job_id: uuid.UUID, pipe: StableDiffusionXLImg2ImgPipeline, store: St
             logger.warning("job %s is no longer leased to us; result not recorded", job_id)
             return
     notify.publish_job_finished(job_id, JobStatus.COMPLETED)  # after the commit, never before
+    progress.clear(job_id)
     logger.info("job %s completed in %.2fs", job_id, metrics["inference_time"])

@@ -1,8 +1,11 @@
 """What the worker does between two denoising steps of a job: check whether the job was
 cancelled, and report its progress. It runs on the GPU's critical path (hundreds of
 times per job), so it costs at most one Redis round trip per step, writes progress to
-Redis at most every `progress.MIN_WRITE_INTERVAL_SECONDS`, never writes PostgreSQL, and
-reads PostgreSQL only every `CANCEL_DB_CHECK_SECONDS`.
+Redis at most every `progress.MIN_WRITE_INTERVAL_SECONDS`, and touches PostgreSQL only
+every `CANCEL_DB_CHECK_SECONDS` (a cancel check) and every
+WEBHOOK_PROGRESS_INTERVAL_SECONDS (a short transaction reading the job, and inserting
+job.progress deliveries when some target asked for them): never once per step. While
+PostgreSQL is down those two cost a step up to the connect timeout each.
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ class JobCancelled(Exception):
         self.total = total
 
 
+class LeaseLost(Exception):
+    """Raised from the step callback once the worker's lease on the job was taken back
+    (the reconciler gave the job to another worker): its result would be refused, so
+    the GPU stops at once instead of finishing work nobody will record."""
+
+    def __init__(self, job_id: uuid.UUID, done: int, total: int) -> None:
+        super().__init__(f"job {job_id}: lease lost after step {done} of {total}; stopped")
+
+
 class StepMonitor:
     """The `on_step(done, total)` callback of one job's `generate()`."""
 
@@ -47,8 +59,10 @@ class StepMonitor:
         *,
         clock: Callable[[], float] = time.monotonic,
         cancel_db_check_seconds: float = CANCEL_DB_CHECK_SECONDS,
+        lease_lost: Callable[[], bool] = lambda: False,
     ) -> None:
         self.job_id = job_id
+        self._lease_lost = lease_lost
         self._clock = clock
         self._started = clock()
         self._first_step: tuple[int, float] | None = None
@@ -59,6 +73,8 @@ class StepMonitor:
 
     def __call__(self, done: int, total: int) -> None:
         now = self._clock()
+        if self._lease_lost():
+            raise LeaseLost(self.job_id, done, total)
         if self._cancel_requested(now):
             raise JobCancelled(self.job_id, done, total)
         if self._first_step is None:

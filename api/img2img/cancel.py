@@ -28,6 +28,11 @@ from common.models import Account, JobStatus
 router = APIRouter(tags=["ssd-img2img"])
 
 
+# Rounds of "cancel if QUEUED, else flag if PROCESSING"; a job changes state at most a
+# few times a second, so a third round finding neither is all but impossible.
+_TRIES = 3
+
+
 @router.post(
     "/v2/requests/{request_id}/cancel",
     response_model=StatusResponse,
@@ -53,21 +58,29 @@ def cancel_request(
     except ValueError:
         raise ApiError(404, "request not found") from None
 
-    job = jobs.cancel_queued(session, job_id, account.id)
-    if job is not None:  # refunded, job.completed webhooks recorded: one transaction
-        status_code = 200
-    else:
+    # A job can move between the two updates (claimed after the first, or put back in
+    # the queue by the reconciler after the second): try again while it is not over.
+    for _ in range(_TRIES):
+        job = jobs.cancel_queued(session, job_id, account.id)
+        if job is not None:  # refunded, job.completed webhooks recorded: one transaction
+            status_code = 200
+            break
         job = jobs.request_cancel(session, job_id, account.id)
-        status_code = 202
-    if job is None:
+        if job is not None:
+            status_code = 202
+            break
         current = jobs.get_job(session, job_id, account_id=account.id)
         if current is None:
             raise ApiError(404, "request not found")
-        raise ApiError(
-            409,
-            f"request {job_id} is {current.status.value}: only QUEUED and PROCESSING "
-            "requests can be cancelled",
-        )
+        if current.status.is_terminal:
+            raise ApiError(
+                409,
+                f"request {job_id} is {current.status.value}: only QUEUED and PROCESSING "
+                "requests can be cancelled",
+            )
+        session.expire(current)  # the next round must read it afresh
+    else:
+        raise ApiError(409, f"request {job_id} is changing state; try again")
     balance = session.execute(select(Account.balance).where(Account.id == account.id)).scalar_one()
     session.commit()
     # After the commit: whoever is woken must find the row as it is now.

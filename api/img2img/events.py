@@ -138,6 +138,8 @@ class _Stream:
             self.status_body.get("queue_position"),
         ):
             events.append(_event("status", json.dumps(snap.status_body)))
+        if snap.status != self.status:
+            self.step_sent = -1  # a job taken back and run again counts its steps anew
         self.status, self.status_body = snap.status, snap.status_body
         step = snap.status_body.get("step")
         if snap.status == JobStatus.PROCESSING and step is not None and step > self.step_sent:

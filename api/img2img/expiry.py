@@ -52,6 +52,6 @@ def output_urls(
     if settings.output_url_mode == "api":
         return [output_url(base_url, job, index) for index in range(len(job.output_keys))]
     # A presigned URL lives OUTPUT_URL_TTL_SECONDS, but never past the objects' deletion.
-    left = retention.seconds_left(job, retention.retention_period(settings), now or utcnow())
-    ttl = store.url_ttl if left is None else max(1, min(store.url_ttl, int(left)))
-    return [store.presigned_get_url(key, ttl=ttl) for key in job.output_keys]
+    period = retention.retention_period(settings)
+    ttl = retention.presigned_url_ttl(job, store.url_ttl, period, now or utcnow())
+    return [store.presigned_get_url(key, ttl=ttl or 1) for key in job.output_keys]

@@ -30,6 +30,7 @@ from api import idempotency
 from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep, set_remaining_credits
 from api.errors import ApiError, ErrorBody, error_responses
 from api.img2img.endpoints import SUBMIT_ERRORS
+from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry
 from api.img2img.schemas import Img2ImgRequest
 from api.job_waiters import JobWaiters, job_waiters
 from common import jobs
@@ -73,6 +74,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     # Refusals before any job exists: exactly v2's.
     **SUBMIT_ERRORS,
     **error_responses(409),
+    **EXPIRED_RESPONSES,  # only an Idempotency-Key replay can find its outputs deleted
     422: {"model": SyncFailure, "description": "The job FAILED; its credits were refunded."},
     504: {
         "model": ErrorBody,
@@ -183,6 +185,11 @@ async def run_v1(
     if final is None:  # deleted while we waited (retention, account removal)
         raise ApiError(404, f"request {job.id} no longer exists", headers)
     if final.status == JobStatus.COMPLETED:
+        expired_at = expiry(final, settings)
+        if expired_at is not None:  # an Idempotency-Key replay after retention
+            gone = expired_response(final, expired_at, settings)
+            gone.headers.update(headers)
+            return gone
         return await _completed(final, body, store, headers)
     if final.status == JobStatus.FAILED:
         failure = SyncFailure(

@@ -19,7 +19,7 @@ What an answer means:
 - 410 Gone: the receiver wants no more. An account endpoint is disabled; for a job's
   own webhook_url, this and the job's later events to it are not sent.
 - 429, 5xx, and no answer at all (DNS, connection, TLS, timeout): retried after the
-  next step of WEBHOOK_RETRY_SCHEDULE_SECONDS with full jitter, and not before the
+  next step of WEBHOOK_RETRY_SCHEDULE_SECONDS with equal jitter, and not before the
   receiver's Retry-After (seconds or an HTTP date, at most
   WEBHOOK_RETRY_AFTER_MAX_SECONDS). When the schedule is used up, the delivery fails.
 - 3xx (not followed: it would send the signed body to a place never checked), every
@@ -48,7 +48,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from common import urlsafety
+from common import retention, urlsafety
 from common.db import session_scope
 from common.models import (
     Job,
@@ -102,17 +102,27 @@ class AttemptResult:
 
 def _fill_output(session: Session, payload: dict[str, Any], settings: Settings) -> None:
     """Presign a COMPLETED job's outputs now, valid WEBHOOK_OUTPUT_URL_TTL_SECONDS from
-    this attempt (a retry a day later still hands out working URLs)."""
+    this attempt (a retry hours later still hands out working URLs), but never past the
+    objects' deletion (RESULT_RETENTION_SECONDS). Once they are deleted, a late retry or
+    a replay says so (`expired: true`, no `output`) instead of sending dead links."""
     data = payload.get("data") or {}
     if data.get("status") != "COMPLETED":
         return
-    keys = session.execute(select(Job.output_keys).where(Job.id == uuid.UUID(data["request_id"])))
-    output_keys = keys.scalar_one_or_none() or []
+    job = session.get(Job, uuid.UUID(data["request_id"]))
+    if job is None:
+        return
+    period = retention.retention_period(settings)
+    ttl = retention.presigned_url_ttl(
+        job, settings.webhook_output_url_ttl_seconds, period, datetime.now(UTC)
+    )
+    if ttl is None:
+        data["output"] = None
+        data["expired"] = True
+        return
     from common.storage import get_storage
 
     store = get_storage()
-    ttl = settings.webhook_output_url_ttl_seconds
-    data["output"] = [store.presigned_get_url(key, ttl=ttl) for key in output_keys]
+    data["output"] = [store.presigned_get_url(key, ttl=ttl) for key in job.output_keys]
 
 
 def claim(session: Session, delivery_id: uuid.UUID, settings: Settings) -> ClaimedAttempt | None:
@@ -252,8 +262,10 @@ def retry_delay(
     max_retry_after: float,
     rng: random.Random | None = None,
 ) -> float:
-    """Full jitter below `bound`, but never before the receiver's (capped) Retry-After."""
-    delay = (rng or random).uniform(0, bound)
+    """A wait uniform in [bound/2, bound] ("equal jitter": receivers failing together
+    are not retried together, and the schedule keeps at least half its length), but
+    never before the receiver's (capped) Retry-After."""
+    delay = (rng or random).uniform(bound / 2, bound)
     if retry_after is not None:
         delay = max(delay, min(retry_after, max_retry_after))
     return delay

@@ -78,6 +78,7 @@ def job_data(job: Job, progress: dict[str, int] | None = None) -> dict[str, Any]
         "request_id": str(job.id),
         "status": JobStatus(job.status).value,
         "output": None,
+        "expired": False,  # set at the attempt once retention deleted the outputs
         "error": job.error,
         "metrics": dict(job.metrics or {}),
         "progress": progress,

@@ -1,7 +1,7 @@
 """job cancellation: jobs.cancel_requested_at
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-27 11:00:00.000000
 
 """

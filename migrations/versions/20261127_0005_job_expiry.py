@@ -1,7 +1,7 @@
 """result retention: jobs.expired_at and the sweep's index
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-11-27 10:00:00.000000
 
 """

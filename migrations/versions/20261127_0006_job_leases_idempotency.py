@@ -1,7 +1,7 @@
 """crash-safe jobs: worker leases, re-dispatch bookkeeping, idempotency keys
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0005
 Create Date: 2026-11-27 12:00:00.000000
 
 """
