@@ -53,23 +53,40 @@ def wait_terminal(client: httpx.Client, status_url: str, timeout: float = 120) -
         time.sleep(0.1)
 
 
-def insert_job(account_id: str, status: JobStatus, **params: Any) -> uuid.UUID:
-    """A job row that no worker will run (terminal, or PROCESSING for a moment)."""
+def insert_job(
+    account_id: str,
+    status: JobStatus,
+    *,
+    cost: int = 0,
+    input_key: str = "inputs/none.png",
+    **params: Any,
+) -> uuid.UUID:
+    """A job row written straight to PostgreSQL, with no message queued and no debit:
+    the test decides what happens to it. `params` add to (or replace) the defaults."""
     job_id = uuid.uuid4()
+    defaults = {
+        "prompt": "p",
+        "negative_prompt": None,
+        "samples": 1,
+        "num_inference_steps": 20,
+        "guidance_scale": 7.5,
+        "strength": 0.5,
+        "scheduler": "Euler",
+    }
     with session_scope() as session:
         session.add(
             Job(
                 id=job_id,
                 account_id=uuid.UUID(account_id),
                 status=status,
-                params={"prompt": "p", "samples": 1, "num_inference_steps": 20, **params},
+                params={**defaults, **params},
                 seed=1,
-                cost=0,
-                input_key="inputs/none.png",
+                cost=cost,
+                input_key=input_key,
                 output_keys=[],
                 metrics={},
                 error="made by the test" if status == JobStatus.FAILED else None,
-                started_at=func.now(),
+                started_at=None if status == JobStatus.QUEUED else func.now(),
             )
         )
     return job_id

@@ -13,7 +13,7 @@ from common.db import session_scope
 from common.models import Account, CreditLedgerEntry, Job, JobStatus, LedgerReason
 from common.tasks import enqueue_job
 from tests.conftest import Stack
-from tests.helpers import job_body, wait_terminal
+from tests.helpers import insert_job, job_body, wait_terminal
 
 
 def ledger_sum(account_id: str) -> int:
@@ -57,28 +57,10 @@ def test_concurrent_submits_never_overdraw(live_stack: Stack) -> None:
 def test_failed_job_is_refunded_once_and_served_as_422(live_stack: Stack) -> None:
     account_id, key = live_stack.create_account(credits=100)
     # A job whose input object does not exist: the worker must fail it cleanly.
-    job_id = uuid.uuid4()
+    job_id = insert_job(
+        account_id, JobStatus.QUEUED, cost=20, input_key=f"inputs/{account_id}/missing.png"
+    )
     with session_scope() as session:
-        session.add(
-            Job(
-                id=job_id,
-                account_id=uuid.UUID(account_id),
-                status=JobStatus.QUEUED,
-                params={
-                    "prompt": "x",
-                    "negative_prompt": None,
-                    "samples": 1,
-                    "num_inference_steps": 20,
-                    "guidance_scale": 7.5,
-                    "strength": 0.5,
-                    "scheduler": "Euler",
-                },
-                seed=1,
-                cost=20,
-                input_key=f"inputs/{account_id}/missing.png",
-            )
-        )
-        session.flush()
         credits.debit_for_job(session, uuid.UUID(account_id), job_id, 20)
     enqueue_job(str(job_id))
     base = f"{live_stack.api_url}/v2/requests/{job_id}"
