@@ -73,6 +73,10 @@ class LeaseHeartbeat:
                     self.job_id,
                     self.max_seconds,
                 )
+                # Once the lease has run out the job is no longer ours: say so, so that
+                # a job merely slow (not hung) stops at its next step.
+                if not self._stop.wait(self.lease_seconds):
+                    self._lost.set()
                 return
             try:
                 with session_scope() as session:

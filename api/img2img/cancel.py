@@ -58,8 +58,9 @@ def cancel_request(
     except ValueError:
         raise ApiError(404, "request not found") from None
 
-    # A job can move between the two updates (claimed after the first, or put back in
-    # the queue by the reconciler after the second): try again while it is not over.
+    # A job can move between the two updates: put back in the queue by the reconciler
+    # (its worker's lease expired) after the first missed it. Try again while it is
+    # not over.
     for _ in range(_TRIES):
         job = jobs.cancel_queued(session, job_id, account.id)
         if job is not None:  # refunded, job.completed webhooks recorded: one transaction

@@ -57,6 +57,7 @@ class Snapshot:
     status: JobStatus
     status_body: dict[str, Any]
     final: tuple[str, str] | None  # (event name, JSON body) of a finished job
+    attempt: int  # claims so far: a job taken back and claimed again counts one more
 
 
 def _parse_id(request_id: str) -> uuid.UUID:
@@ -87,7 +88,7 @@ def _snapshot(
         if job.status.is_terminal:
             response = result_response(job, request, settings, store)
             final = (job.status.value.lower(), bytes(response.body).decode())
-        return Snapshot(job.status, body, final)
+        return Snapshot(job.status, body, final, job.attempts)
 
 
 def _event(name: str, data: str) -> str:
@@ -119,6 +120,7 @@ class _Stream:
         self.status: JobStatus | None = None
         self.status_body: dict[str, Any] = {}
         self.step_sent = -1
+        self.attempt = 0
         self.done = False
 
     async def read(self) -> list[str]:
@@ -138,9 +140,12 @@ class _Stream:
             self.status_body.get("queue_position"),
         ):
             events.append(_event("status", json.dumps(snap.status_body)))
-        if snap.status != self.status:
-            self.step_sent = -1  # a job taken back and run again counts its steps anew
-        self.status, self.status_body = snap.status, snap.status_body
+        if (snap.status, snap.attempt) != (self.status, self.attempt):
+            # A job taken back and claimed again counts its steps anew, even when this
+            # stream never saw it QUEUED in between (the new claim's "started" notice
+            # brought it here).
+            self.step_sent = -1
+        self.status, self.status_body, self.attempt = snap.status, snap.status_body, snap.attempt
         step = snap.status_body.get("step")
         if snap.status == JobStatus.PROCESSING and step is not None and step > self.step_sent:
             self.step_sent = step

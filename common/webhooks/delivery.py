@@ -108,6 +108,7 @@ def _fill_output(session: Session, payload: dict[str, Any], settings: Settings) 
     data = payload.get("data") or {}
     if data.get("status") != "COMPLETED":
         return
+    data.setdefault("expired", False)  # payloads recorded before the field existed
     job = session.get(Job, uuid.UUID(data["request_id"]))
     if job is None:
         return
