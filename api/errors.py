@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -13,6 +16,8 @@ from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.refusals import Conflict, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,27 @@ class ApiError(Exception):
         self.status_code = status_code
         self.message = message
         self.headers = headers
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """The services' refusals (common/refusals.py) as JSON errors."""
+    try:
+        yield
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from exc
+    except InvalidInput as exc:
+        raise ApiError(400, str(exc)) from exc
+    except Conflict as exc:
+        raise ApiError(409, str(exc)) from exc
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    """A path's id; one that is not a UUID names nothing: 404 like an unknown one."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ApiError(404, f"{what} not found") from None
 
 
 def error_response(

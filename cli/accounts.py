@@ -9,21 +9,15 @@ the CLI with the service's environment.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from pydantic import BaseModel
-from sqlalchemy.orm import Session
 
 from api.admin import schemas
+from cli.commands import emit, json_option, operation
 from common import account_admin
-from common.db import session_scope
 from common.models import AccountStatus, LedgerReason
 from common.settings import get_settings
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class LimitValue(click.ParamType):
@@ -45,22 +39,7 @@ class LimitValue(click.ParamType):
         return number
 
 
-def _json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print the admin API's JSON.")(func)
-
-
-@contextmanager
-def _operation() -> Iterator[Session]:
-    """One transaction; the service's refusals become CLI errors (exit status 1)."""
-    try:
-        with session_scope() as session:
-            yield session
-    except account_admin.AdminError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _emit(model: BaseModel, as_json: bool, text: str) -> None:
-    click.echo(model.model_dump_json() if as_json else text)
+_json_option = json_option("Print the admin API's JSON.")
 
 
 def _describe(account: schemas.AccountView) -> str:
@@ -92,7 +71,7 @@ def _describe_key(key: schemas.KeyView) -> str:
 def accounts_list(limit: int, cursor: str | None, status: str | None, as_json: bool) -> None:
     """Accounts, newest first."""
     settings = get_settings()
-    with _operation() as session:
+    with operation() as session:
         page = account_admin.list_accounts(
             session, limit=limit, cursor=cursor, status=AccountStatus(status) if status else None
         )
@@ -103,7 +82,7 @@ def accounts_list(limit: int, cursor: str | None, status: str | None, as_json: b
     lines = [_describe(a) for a in body.accounts]
     if body.next_cursor:
         lines.append(f"more: --cursor {body.next_cursor}")
-    _emit(body, as_json, "\n".join(lines) or "no accounts")
+    emit(body, as_json, "\n".join(lines) or "no accounts")
 
 
 @click.command("show")
@@ -111,7 +90,7 @@ def accounts_list(limit: int, cursor: str | None, status: str | None, as_json: b
 @_json_option
 def accounts_show(account_id: uuid.UUID, as_json: bool) -> None:
     """One account: balance, limits, jobs in flight, keys, newest ledger entries."""
-    with _operation() as session:
+    with operation() as session:
         account = account_admin.get_account(session, account_id)
         body = schemas.account_detail(session, account, get_settings())
     lines = [
@@ -123,7 +102,7 @@ def accounts_show(account_id: uuid.UUID, as_json: bool) -> None:
             for e in body.recent_ledger
         ),
     ]
-    _emit(body, as_json, "\n".join(lines))
+    emit(body, as_json, "\n".join(lines))
 
 
 @click.command("add-credits")
@@ -142,13 +121,13 @@ def accounts_add_credits(
 ) -> None:
     """Add AMOUNT credits (a ledger GRANT), or adjust the balance with --adjust."""
     reason = LedgerReason.ADJUSTMENT if adjust else LedgerReason.GRANT
-    with _operation() as session:
+    with operation() as session:
         account, entry = account_admin.add_credits(session, account_id, amount, reason, note)
         body = schemas.CreditsChanged(
             account=schemas.account_view(account, get_settings()),
             entry=schemas.ledger_entry_view(entry),
         )
-    _emit(body, as_json, f"{reason.value} {amount:+d}: balance {body.account.balance}")
+    emit(body, as_json, f"{reason.value} {amount:+d}: balance {body.account.balance}")
 
 
 def _status_command(name: str, new: AccountStatus, doc: str) -> click.Command:
@@ -156,10 +135,10 @@ def _status_command(name: str, new: AccountStatus, doc: str) -> click.Command:
     @click.argument("account_id", type=click.UUID)
     @_json_option
     def command(account_id: uuid.UUID, as_json: bool) -> None:
-        with _operation() as session:
+        with operation() as session:
             account = account_admin.set_status(session, account_id, new)
             body = schemas.account_view(account, get_settings())
-        _emit(body, as_json, _describe(body))
+        emit(body, as_json, _describe(body))
 
     return command
 
@@ -194,10 +173,10 @@ def accounts_set_limits(
         changes["max_jobs_in_flight"] = max_in_flight
     if not changes:
         raise click.UsageError("give --rate-limit and/or --max-in-flight")
-    with _operation() as session:
+    with operation() as session:
         account = account_admin.set_limits(session, account_id, **changes)
         body = schemas.account_view(account, get_settings())
-    _emit(body, as_json, _describe(body))
+    emit(body, as_json, _describe(body))
 
 
 ACCOUNT_COMMANDS: list[click.Command] = [
@@ -224,9 +203,9 @@ def keys_group() -> None:
 @_json_option
 def keys_create(account_id: uuid.UUID, name: str | None, as_json: bool) -> None:
     """A new API key for the account; the key is printed this once."""
-    with _operation() as session:
+    with operation() as session:
         body = schemas.new_key_view(account_admin.create_key(session, account_id, name))
-    _emit(body, as_json, f"{_describe_key(body)}\napi key (shown once): {body.api_key}")
+    emit(body, as_json, f"{_describe_key(body)}\napi key (shown once): {body.api_key}")
 
 
 @keys_group.command("list")
@@ -234,10 +213,10 @@ def keys_create(account_id: uuid.UUID, name: str | None, as_json: bool) -> None:
 @_json_option
 def keys_list(account_id: uuid.UUID, as_json: bool) -> None:
     """The account's keys, revoked ones included."""
-    with _operation() as session:
+    with operation() as session:
         keys = account_admin.list_keys(session, account_id)
         body = schemas.KeyList(keys=[schemas.key_view(k) for k in keys])
-    _emit(body, as_json, "\n".join(_describe_key(k) for k in body.keys) or "no keys")
+    emit(body, as_json, "\n".join(_describe_key(k) for k in body.keys) or "no keys")
 
 
 @keys_group.command("revoke")
@@ -245,6 +224,6 @@ def keys_list(account_id: uuid.UUID, as_json: bool) -> None:
 @_json_option
 def keys_revoke(key_id: uuid.UUID, as_json: bool) -> None:
     """Revoke a key for good: its next request gets 401."""
-    with _operation() as session:
+    with operation() as session:
         body = schemas.key_view(account_admin.revoke_key(session, key_id))
-    _emit(body, as_json, _describe_key(body))
+    emit(body, as_json, _describe_key(body))

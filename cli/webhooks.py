@@ -8,41 +8,28 @@ With --json each command prints exactly the body the matching API endpoint answe
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
 
 import click
-from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from api.webhooks import schemas
-from common.db import session_scope
+from cli.commands import emit, json_option, operation
 from common.models import WebhookDeliveryState
 from common.settings import get_settings
 from common.webhooks import manage
 from common.webhooks.events import EVENT_NAMES
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")(func)
+_json_option = json_option("Print the API's JSON.")
 
 
 @contextmanager
 def _operation(account_id: uuid.UUID) -> Iterator[Session]:
     """One transaction for an existing account; refusals become CLI errors (exit 1)."""
-    try:
-        with session_scope() as session:
-            manage.require_account(session, account_id)
-            yield session
-    except manage.WebhookError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _emit(model: BaseModel, as_json: bool, text: str) -> None:
-    click.echo(model.model_dump_json() if as_json else text)
+    with operation() as session:
+        manage.require_account(session, account_id)
+        yield session
 
 
 def _describe(endpoint: schemas.EndpointView) -> str:
@@ -88,7 +75,7 @@ def webhooks_create(
             session, get_settings(), account_id, url, list(events) or None, description
         )
         body = schemas.endpoint_view(endpoint)
-    _emit(body, as_json, _describe(body))
+    emit(body, as_json, _describe(body))
 
 
 @webhooks_group.command("list")
@@ -100,7 +87,7 @@ def webhooks_list(account_id: uuid.UUID, as_json: bool) -> None:
         body = schemas.EndpointList(
             endpoints=[schemas.endpoint_view(e) for e in manage.list_endpoints(session, account_id)]
         )
-    _emit(body, as_json, "\n".join(_describe(e) for e in body.endpoints) or "no endpoints")
+    emit(body, as_json, "\n".join(_describe(e) for e in body.endpoints) or "no endpoints")
 
 
 @webhooks_group.command("delete")
@@ -122,7 +109,7 @@ def _enable_command(name: str, enabled: bool, doc: str) -> click.Command:
         with _operation(account_id) as session:
             endpoint = manage.set_endpoint_enabled(session, account_id, endpoint_id, enabled)
             body = schemas.endpoint_view(endpoint)
-        _emit(body, as_json, _describe(body))
+        emit(body, as_json, _describe(body))
 
     return command
 
@@ -138,7 +125,7 @@ def webhooks_secret(account_id: uuid.UUID, as_json: bool) -> None:
     """The signing secret(s) in force (the first is made on first use)."""
     with _operation(account_id) as session:
         body = schemas.secret_view(manage.get_secrets(session, account_id))
-    _emit(body, as_json, _describe_secret(body))
+    emit(body, as_json, _describe_secret(body))
 
 
 @webhooks_group.command("rotate-secret")
@@ -157,7 +144,7 @@ def webhooks_rotate_secret(
     with _operation(account_id) as session:
         secrets = manage.rotate_secret(session, get_settings(), account_id, overlap_seconds)
         body = schemas.secret_view(secrets)
-    _emit(body, as_json, _describe_secret(body))
+    emit(body, as_json, _describe_secret(body))
 
 
 def _describe_secret(body: schemas.SecretView) -> str:
@@ -203,7 +190,7 @@ def webhooks_deliveries(
     lines = [_describe_delivery(d) for d in body.deliveries]
     if body.next_cursor:
         lines.append(f"more: --cursor {body.next_cursor}")
-    _emit(body, as_json, "\n".join(lines) or "no deliveries")
+    emit(body, as_json, "\n".join(lines) or "no deliveries")
 
 
 @webhooks_group.command("replay")
@@ -217,4 +204,4 @@ def webhooks_replay(account_id: uuid.UUID, delivery_id: uuid.UUID, as_json: bool
         body = schemas.delivery_view(
             delivery, manage.attempts_of(session, [delivery_id])[delivery_id]
         )
-    _emit(body, as_json, _describe_delivery(body))
+    emit(body, as_json, _describe_delivery(body))

@@ -1,7 +1,7 @@
 """The operator's view of accounts and keys: shared by the /admin API and the CLI.
 
 Functions here never commit: the request or command that opened the session does.
-They raise AdminError subclasses, which both front ends turn into messages.
+They raise refusals (common/refusals.py), which both front ends turn into messages.
 """
 
 from __future__ import annotations
@@ -18,22 +18,7 @@ from sqlalchemy.orm import Session
 
 from common import accounts, credits
 from common.models import Account, AccountStatus, ApiKey, CreditLedgerEntry, LedgerReason
-
-
-class AdminError(Exception):
-    """A refusal meant for the operator."""
-
-
-class NotFound(AdminError):
-    pass
-
-
-class InvalidInput(AdminError):
-    pass
-
-
-class Conflict(AdminError):
-    pass
+from common.refusals import Conflict, InvalidInput, NotFound
 
 
 class _Keep:

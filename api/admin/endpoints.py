@@ -7,8 +7,6 @@ is done by common.account_admin, which the CLI calls too.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
@@ -16,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, status
 from api.admin import schemas
 from api.admin.auth import require_admin
 from api.deps import SessionDep, SettingsDep
-from api.errors import ApiError, ErrorBody, error_responses
+from api.errors import ErrorBody, error_responses, refusals
 from common import account_admin
 from common.models import AccountStatus, LedgerReason
 
@@ -32,19 +30,6 @@ router = APIRouter(
 )
 
 
-@contextmanager
-def _refusals() -> Iterator[None]:
-    """The service's refusals as JSON errors."""
-    try:
-        yield
-    except account_admin.NotFound as exc:
-        raise ApiError(404, str(exc)) from exc
-    except account_admin.InvalidInput as exc:
-        raise ApiError(400, str(exc)) from exc
-    except account_admin.Conflict as exc:
-        raise ApiError(409, str(exc)) from exc
-
-
 @router.post(
     "/accounts",
     status_code=status.HTTP_201_CREATED,
@@ -54,7 +39,7 @@ def create_account(
     body: schemas.CreateAccountBody, session: SessionDep, settings: SettingsDep
 ) -> schemas.CreatedAccount:
     """Create an account and its first API key; the key is shown in this answer only."""
-    with _refusals():
+    with refusals():
         account, key = account_admin.create_account(session, body.name, body.credits)
     session.commit()
     return schemas.CreatedAccount(
@@ -71,7 +56,7 @@ def list_accounts(
     status: Annotated[AccountStatus | None, Query(description="Only this status.")] = None,
 ) -> schemas.AccountPage:
     """Accounts, newest first."""
-    with _refusals():
+    with refusals():
         page = account_admin.list_accounts(session, limit=limit, cursor=cursor, status=status)
     return schemas.AccountPage(
         accounts=[schemas.account_view(a, settings) for a in page.accounts],
@@ -84,7 +69,7 @@ def get_account(
     account_id: uuid.UUID, session: SessionDep, settings: SettingsDep
 ) -> schemas.AccountDetail:
     """One account, with its jobs in flight, active keys and newest ledger entries."""
-    with _refusals():
+    with refusals():
         account = account_admin.get_account(session, account_id)
     return schemas.account_detail(session, account, settings)
 
@@ -101,7 +86,7 @@ def add_credits(
     settings: SettingsDep,
 ) -> schemas.CreditsChanged:
     """A grant (positive), or an adjustment of either sign with a note; one ledger entry."""
-    with _refusals():
+    with refusals():
         account, entry = account_admin.add_credits(
             session, account_id, body.amount, LedgerReason(body.reason), body.note
         )
@@ -143,7 +128,7 @@ def set_limits(
     """Set the fields sent; null returns a limit to the service default. Takes effect
     at the account's next request."""
     changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
-    with _refusals():
+    with refusals():
         account = account_admin.set_limits(session, account_id, **changes)
     session.commit()
     return schemas.account_view(account, settings)
@@ -159,7 +144,7 @@ def create_key(
     account_id: uuid.UUID, body: schemas.CreateKeyBody, session: SessionDep
 ) -> schemas.NewKeyView:
     """A new API key; the key is shown in this answer only."""
-    with _refusals():
+    with refusals():
         key = account_admin.create_key(session, account_id, body.name)
     session.commit()
     return schemas.new_key_view(key)
@@ -168,7 +153,7 @@ def create_key(
 @router.get("/accounts/{account_id}/keys", response_model=schemas.KeyList, responses=_WITH_404)
 def list_keys(account_id: uuid.UUID, session: SessionDep) -> schemas.KeyList:
     """The account's keys, revoked ones included: prefixes, never the keys or hashes."""
-    with _refusals():
+    with refusals():
         keys = account_admin.list_keys(session, account_id)
     return schemas.KeyList(keys=[schemas.key_view(k) for k in keys])
 
@@ -176,7 +161,7 @@ def list_keys(account_id: uuid.UUID, session: SessionDep) -> schemas.KeyList:
 @router.post("/keys/{key_id}/revoke", response_model=schemas.KeyView, responses=_WITH_404)
 def revoke_key(key_id: uuid.UUID, session: SessionDep) -> schemas.KeyView:
     """Revoke a key for good (401 from its next request on); repeating it is harmless."""
-    with _refusals():
+    with refusals():
         key = account_admin.revoke_key(session, key_id)
     session.commit()
     return schemas.key_view(key)
@@ -185,7 +170,7 @@ def revoke_key(key_id: uuid.UUID, session: SessionDep) -> schemas.KeyView:
 def _set_status(
     session: SessionDep, settings: SettingsDep, account_id: uuid.UUID, new: AccountStatus
 ) -> schemas.AccountView:
-    with _refusals():
+    with refusals():
         account = account_admin.set_status(session, account_id, new)
     session.commit()
     return schemas.account_view(account, settings)

@@ -12,14 +12,12 @@
 
 from __future__ import annotations
 
-import uuid
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from api.deps import CurrentAccount, SessionDep, SettingsDep, set_remaining_credits
-from api.errors import ApiError, error_responses
+from api.errors import ApiError, error_responses, parse_id
 from api.img2img.endpoints import status_body
 from api.img2img.schemas import StatusResponse
 from common import cancel_flags, jobs, notify
@@ -53,10 +51,7 @@ def cancel_request(
     settings: SettingsDep,
     account: CurrentAccount,
 ) -> JSONResponse:
-    try:
-        job_id = uuid.UUID(request_id)
-    except ValueError:
-        raise ApiError(404, "request not found") from None
+    job_id = parse_id(request_id, "request")
 
     # A job can move between the two updates: put back in the queue by the reconciler
     # (its worker's lease expired) after the first missed it. Try again while it is

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api import idempotency
 from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep, set_remaining_credits
-from api.errors import ApiError, error_responses
+from api.errors import ApiError, error_responses, parse_id
 from api.img2img import live_progress
 from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry, output_urls
 from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
@@ -38,10 +37,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _load(session: SessionDep, account: CurrentAccount, request_id: str) -> Job:
-    try:
-        job_id = uuid.UUID(request_id)
-    except ValueError:
-        raise ApiError(404, "request not found") from None
+    job_id = parse_id(request_id, "request")
     # Scoped to the caller: another tenant's job is indistinguishable from a missing one.
     job = jobs.get_job(session, job_id, account_id=account.id)
     if job is None:

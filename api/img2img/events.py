@@ -29,7 +29,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentAccount, SettingsDep, StorageDep
-from api.errors import ApiError, error_responses
+from api.errors import ApiError, error_responses, parse_id
 from api.img2img import live_progress
 from api.img2img.endpoints import result_response, status_body
 from api.job_events import Inbox, JobEventHub, job_events
@@ -58,13 +58,6 @@ class Snapshot:
     status_body: dict[str, Any]
     final: tuple[str, str] | None  # (event name, JSON body) of a finished job
     attempt: int  # claims so far: a job taken back and claimed again counts one more
-
-
-def _parse_id(request_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request_id)
-    except ValueError:
-        raise ApiError(404, "request not found") from None
 
 
 def _exists(job_id: uuid.UUID, account_id: uuid.UUID) -> bool:
@@ -226,7 +219,7 @@ async def stream_events(
     store: StorageDep,
     account: CurrentAccount,
 ) -> StreamingResponse:
-    job_id = _parse_id(request_id)
+    job_id = parse_id(request_id, "request")
     # Checked before the stream starts, so that a missing or another tenant's job is a
     # plain 404 (the stream itself reads the job again, after registering its inbox).
     if not await run_in_threadpool(_exists, job_id, account.id):

@@ -6,15 +6,12 @@ Everything is scoped to the caller's account (another tenant's endpoint or deliv
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
 from api.deps import CurrentAccount, SessionDep, SettingsDep
-from api.errors import ApiError, error_responses
+from api.errors import error_responses, parse_id, refusals
 from api.webhooks import schemas
 from common.models import WebhookDeliveryState
 from common.webhooks import manage
@@ -24,25 +21,6 @@ router = APIRouter(prefix="/v2/webhooks", tags=["webhooks"])
 _ERRORS = error_responses(400, 401, 403, 429)
 _WITH_404 = error_responses(400, 401, 403, 404, 429)
 _WITH_409 = error_responses(400, 401, 403, 404, 409, 429)
-
-
-@contextmanager
-def _refusals() -> Iterator[None]:
-    try:
-        yield
-    except manage.NotFound as exc:
-        raise ApiError(404, str(exc)) from exc
-    except manage.InvalidInput as exc:
-        raise ApiError(400, str(exc)) from exc
-    except manage.Conflict as exc:
-        raise ApiError(409, str(exc)) from exc
-
-
-def _id(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise ApiError(404, f"{what} not found") from None
 
 
 @router.post(
@@ -58,7 +36,7 @@ def create_endpoint(
     account: CurrentAccount,
 ) -> schemas.EndpointView:
     """An endpoint that receives the chosen events of all the account's requests."""
-    with _refusals():
+    with refusals():
         endpoint = manage.create_endpoint(
             session, settings, account.id, body.url, body.events, body.description
         )
@@ -88,7 +66,7 @@ def rotate_secret(
     body: schemas.RotateSecretBody | None = None,
 ) -> schemas.SecretView:
     """A new secret; the old one keeps signing too (a second signature) for the overlap."""
-    with _refusals():
+    with refusals():
         secrets = manage.rotate_secret(
             session, settings, account.id, body.overlap_seconds if body else None
         )
@@ -107,13 +85,13 @@ def list_deliveries(
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> schemas.DeliveryPage:
     """Deliveries (one per event and target), newest first, with every attempt."""
-    with _refusals():
+    with refusals():
         page = manage.list_deliveries(
             session,
             account.id,
             limit=limit,
-            request_id=_id(request_id, "request") if request_id else None,
-            endpoint_id=_id(endpoint_id, "webhook endpoint") if endpoint_id else None,
+            request_id=parse_id(request_id, "request") if request_id else None,
+            endpoint_id=parse_id(endpoint_id, "webhook endpoint") if endpoint_id else None,
             state=state,
             cursor=cursor,
         )
@@ -127,8 +105,10 @@ def list_deliveries(
 def get_delivery(
     delivery_id: str, session: SessionDep, account: CurrentAccount
 ) -> schemas.DeliveryView:
-    with _refusals():
-        delivery = manage.get_delivery(session, account.id, _id(delivery_id, "webhook delivery"))
+    with refusals():
+        delivery = manage.get_delivery(
+            session, account.id, parse_id(delivery_id, "webhook delivery")
+        )
     return schemas.delivery_view(delivery, manage.attempts_of(session, [delivery.id])[delivery.id])
 
 
@@ -143,8 +123,10 @@ def replay_delivery(
 ) -> schemas.DeliveryView:
     """Send a finished (succeeded or failed) delivery again, with the same webhook-id:
     a new series of attempts."""
-    with _refusals():
-        delivery = manage.replay_delivery(session, account.id, _id(delivery_id, "webhook delivery"))
+    with refusals():
+        delivery = manage.replay_delivery(
+            session, account.id, parse_id(delivery_id, "webhook delivery")
+        )
         attempts = manage.attempts_of(session, [delivery.id])[delivery.id]
     session.commit()  # queues the attempt
     return schemas.delivery_view(delivery, attempts)
@@ -154,16 +136,18 @@ def replay_delivery(
 def get_endpoint(
     endpoint_id: str, session: SessionDep, account: CurrentAccount
 ) -> schemas.EndpointView:
-    with _refusals():
-        endpoint = manage.get_endpoint(session, account.id, _id(endpoint_id, "webhook endpoint"))
+    with refusals():
+        endpoint = manage.get_endpoint(
+            session, account.id, parse_id(endpoint_id, "webhook endpoint")
+        )
     return schemas.endpoint_view(endpoint)
 
 
 @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_WITH_404)
 def delete_endpoint(endpoint_id: str, session: SessionDep, account: CurrentAccount) -> Response:
     """Delete the endpoint, with its deliveries and their attempts."""
-    with _refusals():
-        manage.delete_endpoint(session, account.id, _id(endpoint_id, "webhook endpoint"))
+    with refusals():
+        manage.delete_endpoint(session, account.id, parse_id(endpoint_id, "webhook endpoint"))
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -171,9 +155,9 @@ def delete_endpoint(endpoint_id: str, session: SessionDep, account: CurrentAccou
 def _set_enabled(
     endpoint_id: str, session: SessionDep, account: CurrentAccount, enabled: bool
 ) -> schemas.EndpointView:
-    with _refusals():
+    with refusals():
         endpoint = manage.set_endpoint_enabled(
-            session, account.id, _id(endpoint_id, "webhook endpoint"), enabled
+            session, account.id, parse_id(endpoint_id, "webhook endpoint"), enabled
         )
     session.commit()
     return schemas.endpoint_view(endpoint)

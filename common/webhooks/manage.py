@@ -1,8 +1,8 @@
 """An account's webhook endpoints, signing secrets and deliveries: the operations behind
 `/v2/webhooks` (the tenant's own key) and `ssd-img2img webhooks` (the operator, for
 an account id). Every query is scoped to the account: another tenant's endpoint or
-delivery is "not found". Functions here never commit; they raise WebhookError
-subclasses, which both front ends turn into messages.
+delivery is "not found". Functions here never commit; they raise refusals
+(common/refusals.py), which both front ends turn into messages.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from common.models import (
     WebhookDeliveryState,
     WebhookEndpoint,
 )
+from common.refusals import Conflict, InvalidInput, NotFound
 from common.settings import Settings
 from common.webhooks import signing_keys
 from common.webhooks.events import DEFAULT_EVENTS, EVENT_NAMES, check_target_url
@@ -34,22 +35,6 @@ from common.webhooks.queue import send_after_commit
 
 # Each endpoint gets every event of every job of the account: a handful is plenty.
 MAX_ENDPOINTS_PER_ACCOUNT = 20
-
-
-class WebhookError(Exception):
-    """A refusal meant for the caller."""
-
-
-class NotFound(WebhookError):
-    pass
-
-
-class InvalidInput(WebhookError):
-    pass
-
-
-class Conflict(WebhookError):
-    pass
 
 
 def require_account(session: Session, account_id: uuid.UUID) -> None:
