@@ -6,17 +6,14 @@ They raise refusals (common/refusals.py), which both front ends turn into messag
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from common import accounts, credits
+from common import accounts, credits, cursors
 from common.models import Account, AccountStatus, ApiKey, CreditLedgerEntry, LedgerReason
 from common.refusals import Conflict, InvalidInput, NotFound
 
@@ -58,11 +55,15 @@ def list_accounts(
     if status is not None:
         query = query.where(Account.status == status)
     if cursor:
-        query = query.where(tuple_(Account.created_at, Account.id) < tuple_(*_decode(cursor)))
+        query = query.where(
+            tuple_(Account.created_at, Account.id) < tuple_(*cursors.decode(cursor))
+        )
     query = query.order_by(Account.created_at.desc(), Account.id.desc()).limit(limit + 1)
     rows = list(session.execute(query).scalars())
     page = rows[:limit]
-    return AccountPage(page, _encode(page[-1]) if len(rows) > limit else None)
+    return AccountPage(
+        page, cursors.encode(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    )
 
 
 def create_account(
@@ -200,18 +201,3 @@ def _reloaded(session: Session, account_id: uuid.UUID) -> Account:
     return session.execute(
         select(Account).where(Account.id == account_id).execution_options(populate_existing=True)
     ).scalar_one()
-
-
-def _encode(account: Account) -> str:
-    raw = f"{account.created_at.isoformat()}|{account.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, account_id = raw.partition("|")
-        when = datetime.fromisoformat(created)
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)), uuid.UUID(account_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidInput("cursor: not a cursor returned by this listing") from None

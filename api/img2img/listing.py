@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import uuid
 from datetime import datetime
 from typing import Annotated
 
@@ -12,10 +9,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.deps import CurrentAccount, SessionDep, SettingsDep
-from api.errors import ApiError, error_responses
+from api.errors import error_responses, refusals
 from api.img2img.expiry import expiry
-from common import jobs
-from common.models import Job, JobStatus
+from common import cursors, jobs
+from common.models import JobStatus
 
 router = APIRouter(tags=["ssd-img2img"])
 
@@ -40,20 +37,6 @@ class RequestPage(BaseModel):
     )
 
 
-def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, job_id = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ApiError(400, "cursor: not a cursor returned by this endpoint") from None
-
-
 @router.get(
     "/v2/requests",
     response_model=RequestPage,
@@ -67,7 +50,8 @@ def list_requests(
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> RequestPage:
-    before = decode_cursor(cursor) if cursor else None
+    with refusals():
+        before = cursors.decode(cursor) if cursor else None
     # One extra row tells whether another page follows without a COUNT query.
     rows = jobs.list_jobs(session, account.id, limit=limit + 1, status=status, before=before)
     page = rows[:limit]
@@ -86,5 +70,5 @@ def list_requests(
             )
             for job in page
         ],
-        next_cursor=encode_cursor(page[-1]) if len(rows) > limit else None,
+        next_cursor=cursors.encode(page[-1].created_at, page[-1].id) if len(rows) > limit else None,
     )

@@ -7,18 +7,15 @@ delivery is "not found". Functions here never commit; they raise refusals
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from common import urlsafety
+from common import cursors, urlsafety
 from common.models import (
     Account,
     Job,
@@ -179,20 +176,6 @@ class DeliveryPage:
     next_cursor: str | None
 
 
-def _encode_cursor(delivery: WebhookDelivery) -> str:
-    raw = f"{delivery.created_at.isoformat()}|{delivery.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, delivery_id = raw.partition("|")
-        return datetime.fromisoformat(created), uuid.UUID(delivery_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidInput("cursor: not a cursor returned by this endpoint") from None
-
-
 def attempts_of(
     session: Session, delivery_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[WebhookAttempt]]:
@@ -234,7 +217,7 @@ def list_deliveries(
         query = query.where(WebhookDelivery.state == state)
     if cursor:
         query = query.where(
-            tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < tuple_(*_decode_cursor(cursor))
+            tuple_(WebhookDelivery.created_at, WebhookDelivery.id) < tuple_(*cursors.decode(cursor))
         )
     query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
     rows = list(session.execute(query.limit(limit + 1)).scalars())
@@ -242,7 +225,7 @@ def list_deliveries(
     return DeliveryPage(
         deliveries=page,
         attempts=attempts_of(session, [d.id for d in page]),
-        next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None,
+        next_cursor=cursors.encode(page[-1].created_at, page[-1].id) if len(rows) > limit else None,
     )
 
 
