@@ -53,6 +53,7 @@ def get_account(
         limits=LimitsView(
             rate_limit_per_minute=in_force.rate_limit_per_minute,
             max_jobs_in_flight=in_force.max_jobs_in_flight,
+            scheduling_weight=in_force.scheduling_weight,
         ),
         jobs_in_flight=limits.jobs_in_flight(session, account.id),
         recent_ledger=[

@@ -26,12 +26,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fastapi import FastAPI
-from sqlalchemy import func, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.pubsub import PubSubListener, listener_lifespan, started_listener
-from common import notify, progress
+from common import notify, progress, scheduler
 from common.db import session_scope
 from common.models import Job, JobStatus
 from common.settings import get_settings
@@ -46,23 +45,14 @@ class SweptState:
 
 
 def swept_states(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, SweptState]:
-    """Status and queue position of each of `job_ids`: one query, whatever their number."""
-    earlier = aliased(Job)
-    position = (
-        select(func.count())
-        .select_from(earlier)
-        .where(earlier.status == JobStatus.QUEUED, earlier.created_at < Job.created_at)
-        .correlate(Job)
-        .scalar_subquery()
-    )
+    """Status and queue position of each of `job_ids`: one query for the statuses, and
+    one per queued job for its position, whose cost does not grow with the queue."""
     with session_scope() as session:
-        rows = session.execute(
-            select(Job.id, Job.status, position).where(Job.id.in_(job_ids))
-        ).all()
-    return {
-        job_id: SweptState(status, count if status == JobStatus.QUEUED else None)
-        for job_id, status, count in rows
-    }
+        rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids))).all()
+        positions = scheduler.queue_positions(
+            session, [job_id for job_id, status in rows if status == JobStatus.QUEUED]
+        )
+    return {job_id: SweptState(status, positions.get(job_id)) for job_id, status in rows}
 
 
 class Inbox:

@@ -49,7 +49,9 @@ def _describe(account: schemas.AccountView) -> str:
         f"rate {account.limits.rate_limit_per_minute}/min"
         f"{'' if overrides.rate_limit_per_minute is not None else ' (default)'}  "
         f"in flight max {account.limits.max_jobs_in_flight}"
-        f"{'' if overrides.max_jobs_in_flight is not None else ' (default)'}"
+        f"{'' if overrides.max_jobs_in_flight is not None else ' (default)'}  "
+        f"weight {account.limits.scheduling_weight}"
+        f"{'' if overrides.scheduling_weight is not None else ' (default)'}"
     )
 
 
@@ -157,11 +159,15 @@ accounts_reactivate = _status_command(
 @click.argument("account_id", type=click.UUID)
 @click.option("--rate-limit", type=LimitValue(), help="Requests per minute per key, or 'default'.")
 @click.option("--max-in-flight", type=LimitValue(), help="Jobs queued+processing, or 'default'.")
+@click.option(
+    "--weight", type=LimitValue(), help="Share of the GPUs in the fair order, or 'default' (1)."
+)
 @_json_option
 def accounts_set_limits(
     account_id: uuid.UUID,
     rate_limit: int | None,
     max_in_flight: int | None,
+    weight: int | None,
     as_json: bool,
 ) -> None:
     """Set the account's own limits; options left out stay as they are."""
@@ -171,8 +177,10 @@ def accounts_set_limits(
         changes["rate_limit_per_minute"] = rate_limit
     if ctx.get_parameter_source("max_in_flight") != click.core.ParameterSource.DEFAULT:
         changes["max_jobs_in_flight"] = max_in_flight
+    if ctx.get_parameter_source("weight") != click.core.ParameterSource.DEFAULT:
+        changes["scheduling_weight"] = weight
     if not changes:
-        raise click.UsageError("give --rate-limit and/or --max-in-flight")
+        raise click.UsageError("give --rate-limit, --max-in-flight and/or --weight")
     with operation() as session:
         account = account_admin.set_limits(session, account_id, **changes)
         body = schemas.account_view(account, get_settings())

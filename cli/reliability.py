@@ -12,12 +12,12 @@ import click
 @click.option(
     "--every-queued",
     is_flag=True,
-    help="Re-send every QUEUED job now, not only those overdue (after a known loss of "
-    "Redis's data; duplicates are dropped by the workers' claim).",
+    help="Wake the GPU workers for every QUEUED job now, not only those overdue (after a "
+    "known loss of Redis's data; idle workers also poll PostgreSQL by themselves).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the job ids per outcome as JSON.")
 def reconcile_command(every_queued: bool, as_json: bool) -> None:
-    """Re-send QUEUED jobs whose message may be lost; take back jobs of dead workers."""
+    """Take back jobs of dead workers; wake the GPU workers for long-waiting QUEUED jobs."""
     from common.reconcile import BATCH, reconcile
 
     report = reconcile(limit=100_000 if every_queued else BATCH, every_queued=every_queued)
@@ -26,6 +26,6 @@ def reconcile_command(every_queued: bool, as_json: bool) -> None:
         return
     click.echo(
         f"requeued {len(report.requeued)} (lease expired), failed {len(report.failed)} "
-        f"(out of attempts), cancelled {len(report.cancelled)}, re-sent "
-        f"{len(report.redispatched)} queued; {report.send_errors} could not be sent"
+        f"(out of attempts), cancelled {len(report.cancelled)}, woke the workers again for "
+        f"{len(report.redispatched)} queued"
     )

@@ -28,6 +28,8 @@ KEEP: Final = _Keep()
 MAX_CREDIT_CHANGE = 10**12
 # Bounds a per-account limit (the columns are 32-bit).
 MAX_LIMIT_VALUE = 1_000_000
+# Weights in the fair order: 1 (the default) to this.
+MAX_SCHEDULING_WEIGHT = 1000
 
 
 @dataclass(frozen=True)
@@ -92,20 +94,20 @@ def set_limits(
     *,
     rate_limit_per_minute: int | _Keep | None = KEEP,
     max_jobs_in_flight: int | _Keep | None = KEEP,
+    scheduling_weight: int | _Keep | None = KEEP,
 ) -> Account:
     """Set an account's own limits; None returns a limit to the settings' default."""
     get_account(session, account_id)
     values: dict[str, int | None] = {}
-    for name, value in (
-        ("rate_limit_per_minute", rate_limit_per_minute),
-        ("max_jobs_in_flight", max_jobs_in_flight),
+    for name, value, most in (
+        ("rate_limit_per_minute", rate_limit_per_minute, MAX_LIMIT_VALUE),
+        ("max_jobs_in_flight", max_jobs_in_flight, MAX_LIMIT_VALUE),
+        ("scheduling_weight", scheduling_weight, MAX_SCHEDULING_WEIGHT),
     ):
         if isinstance(value, _Keep):
             continue
-        if value is not None and not 1 <= value <= MAX_LIMIT_VALUE:
-            raise InvalidInput(
-                f"{name}: must be between 1 and {MAX_LIMIT_VALUE} (or null for the default)"
-            )
+        if value is not None and not 1 <= value <= most:
+            raise InvalidInput(f"{name}: must be between 1 and {most} (or null for the default)")
         values[name] = value
     if values:
         session.execute(update(Account).where(Account.id == account_id).values(**values))

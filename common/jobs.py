@@ -1,16 +1,24 @@
 """Job state transitions. Each one is a single conditional UPDATE, so two processes
-racing on one job (a repeated Celery message, say) can never both win."""
+racing on one job (two workers, a worker and the reconciler) can never both win.
+
+Each transition also registers what must follow its commit (common/after_commit.py):
+the job-finished notice for v1 waiters and event streams, the cancel flag, the
+progress cleanup, and (through record_job_event) its webhook deliveries. Nothing is
+sent if the transaction rolls back; callers never send these by hand."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from common import credits
+from common import cancel_flags, credits, notify, progress
+from common.after_commit import after_commit
 from common.models import Job, JobStatus
 from common.webhooks.events import record_job_event
 
@@ -23,51 +31,59 @@ def get_job(session: Session, job_id: uuid.UUID, account_id: uuid.UUID | None = 
     return session.execute(query).scalar_one_or_none()
 
 
-def queue_position(session: Session, job: Job) -> int | None:
-    """Jobs queued before this one, across all tenants (0 = next), or None if not queued.
-
-    Only a count is revealed, never whose jobs they are.
-    """
-    if job.status != JobStatus.QUEUED:
-        return None
-    return session.execute(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.status == JobStatus.QUEUED, Job.created_at < job.created_at)
-    ).scalar_one()
-
-
 def claim(
     session: Session,
     job_id: uuid.UUID,
     lease_owner: str | None = None,
     lease_seconds: float = 60,
 ) -> Job | None:
-    """QUEUED -> PROCESSING. None when the job is already claimed, terminal or unknown.
+    """QUEUED -> PROCESSING for one named job. None when the job is already claimed,
+    terminal or unknown. Workers do not name jobs: they claim the scheduler's choice
+    (common.scheduler.claim_next); this is for tests and tools."""
+    started = start(session, [job_id], lease_owner, lease_seconds)
+    return started[0] if started else None
 
-    With `lease_owner`, the job is leased to it for `lease_seconds` (renewed by
-    common.leases.renew); only the lease's owner may then record the result.
+
+def start(
+    session: Session,
+    job_ids: Sequence[uuid.UUID],
+    lease_owner: str | None = None,
+    lease_seconds: float = 60,
+) -> list[Job]:
+    """QUEUED -> PROCESSING for those of `job_ids` still QUEUED; returns them.
+
+    With `lease_owner`, they are leased to it for `lease_seconds` (renewed by
+    common.leases.renew); only the lease's owner may then record their results.
     """
+    if not job_ids:
+        return []
     lease: dict[str, Any] = {}
     if lease_owner is not None:
         lease = {
             "lease_owner": lease_owner,
             "lease_expires_at": func.now() + timedelta(seconds=lease_seconds),
         }
-    job = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(
-            status=JobStatus.PROCESSING,
-            started_at=func.now(),
-            attempts=Job.attempts + 1,
-            **lease,
-        )
-        .returning(Job)
-    ).scalar_one_or_none()
-    if job is not None:  # job.started webhooks, in this transaction (an outbox)
-        record_job_event(session, job, "started")
-    return job
+    started = list(
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+            .values(
+                status=JobStatus.PROCESSING,
+                started_at=func.now(),
+                attempts=Job.attempts + 1,
+                **lease,
+            )
+            .returning(Job),
+            execution_options={"synchronize_session": False},
+        ).scalars()
+    )
+    for job in started:
+        record_job_event(session, job, "started")  # job.started webhooks (an outbox)
+        # An earlier attempt's steps must not show as this one's; event streams learn
+        # the job is PROCESSING.
+        after_commit(session, partial(progress.clear, job.id))
+        after_commit(session, partial(progress.publish_started, job.id))
+    return started
 
 
 def _held_by(lease_owner: str | None) -> list[Any]:
@@ -101,6 +117,7 @@ def complete(
     if job is None:
         return False
     record_job_event(session, job, "completed")  # job.completed webhooks
+    _announce_end(session, job)
     return True
 
 
@@ -159,12 +176,15 @@ def request_cancel(session: Session, job_id: uuid.UUID, account_id: uuid.UUID) -
     """Mark a PROCESSING job for cancellation; its worker stops it between two steps
     (`finish_cancelled`). None when the job is not the account's or not PROCESSING.
     Repeating it is harmless: the first request's time stays."""
-    return session.execute(
+    job = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.account_id == account_id, Job.status == JobStatus.PROCESSING)
         .values(cancel_requested_at=func.coalesce(Job.cancel_requested_at, func.now()))
         .returning(Job)
     ).scalar_one_or_none()
+    if job is not None:  # the worker checks the flag at every step
+        after_commit(session, partial(cancel_flags.raise_flag, job.id))
+    return job
 
 
 def cancel_requested(session: Session, job_id: uuid.UUID) -> bool:
@@ -206,6 +226,16 @@ def _ended_refunded(session: Session, job: Job) -> None:
     exactly once (the ledger's unique index), and the job.completed webhooks."""
     credits.refund_job(session, job)
     record_job_event(session, job, "completed")
+    _announce_end(session, job)
+
+
+def _announce_end(session: Session, job: Job) -> None:
+    """After the commit of a terminal state: tell v1 waiters and event streams (they
+    must find the row terminal), and drop the job's live progress and cancel flag."""
+    after_commit(session, partial(notify.publish_job_finished, job.id, job.status))
+    after_commit(session, partial(progress.clear, job.id))
+    if job.cancel_requested_at is not None:
+        after_commit(session, partial(cancel_flags.clear, job.id))
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:

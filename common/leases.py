@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Collection
 from datetime import timedelta
 
 from sqlalchemy import func, update
@@ -30,14 +31,25 @@ def new_owner(worker: str | None = None) -> str:
 def renew(session: Session, job_id: uuid.UUID, owner: str, lease_seconds: float) -> bool:
     """Push the lease's expiry `lease_seconds` past now; False when `owner` no longer
     holds it (the job was taken back, or ended)."""
+    return job_id in renew_all(session, [job_id], owner, lease_seconds)
+
+
+def renew_all(
+    session: Session, job_ids: Collection[uuid.UUID], owner: str, lease_seconds: float
+) -> set[uuid.UUID]:
+    """`renew` for the jobs of one claim (a batch), in one statement; returns those
+    `owner` still holds."""
+    if not job_ids:
+        return set()
     renewed = session.execute(
         update(Job)
         .where(
-            Job.id == job_id,
+            Job.id.in_(job_ids),
             Job.status == JobStatus.PROCESSING,
             Job.lease_owner == owner,
         )
         .values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds))
-        .returning(Job.id)
-    ).scalar_one_or_none()
-    return renewed is not None
+        .returning(Job.id),
+        execution_options={"synchronize_session": False},
+    ).scalars()
+    return set(renewed)

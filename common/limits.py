@@ -2,7 +2,8 @@
 
 Two limits exist: a request rate per API key (enforced by the API with Redis, see
 api/ratelimit.py) and a cap on the account's jobs in flight (QUEUED + PROCESSING),
-enforced here, in PostgreSQL, in the transaction that inserts the job.
+enforced here, in PostgreSQL, in the transaction that inserts the job. With them, the
+account's weight in the scheduler's fair order (common/scheduler.py; default 1).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from common.models import Account, Job, JobStatus
 from common.settings import Settings
 
 IN_FLIGHT_STATUSES = (JobStatus.QUEUED, JobStatus.PROCESSING)
+# An account without a weight of its own counts as 1 (the trigger of migration 0007 too).
+DEFAULT_SCHEDULING_WEIGHT = 1
 
 
 @dataclass(frozen=True)
 class Limits:
     rate_limit_per_minute: int
     max_jobs_in_flight: int
+    scheduling_weight: int
 
 
 class TooManyJobsInFlight(Exception):
@@ -42,6 +46,7 @@ def effective_limits(account: Account, settings: Settings) -> Limits:
         max_jobs_in_flight=_or_default(
             account.max_jobs_in_flight, settings.default_max_jobs_in_flight
         ),
+        scheduling_weight=_or_default(account.scheduling_weight, DEFAULT_SCHEDULING_WEIGHT),
     )
 
 

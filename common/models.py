@@ -15,8 +15,10 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -91,6 +93,7 @@ class Account(Base):
         CheckConstraint("balance >= 0", name="balance_non_negative"),
         CheckConstraint("rate_limit_per_minute > 0", name="rate_limit_per_minute_positive"),
         CheckConstraint("max_jobs_in_flight > 0", name="max_jobs_in_flight_positive"),
+        CheckConstraint("scheduling_weight > 0", name="scheduling_weight_positive"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -105,6 +108,9 @@ class Account(Base):
     # Per-tenant limits; NULL = the settings' defaults (see common.limits).
     rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)  # per API key
     max_jobs_in_flight: Mapped[int | None] = mapped_column(Integer)  # QUEUED + PROCESSING
+    # Share of the GPUs in the fair order when several accounts have queued work: an
+    # account of weight 2 gets twice the GPU work of one of weight 1 (common/scheduler.py).
+    scheduling_weight: Mapped[int | None] = mapped_column(Integer)
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="account")
 
@@ -123,6 +129,16 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     account: Mapped[Account] = relationship(back_populates="api_keys")
+
+
+# What makes two jobs compatible for one pipeline call: output size, scheduler, steps,
+# strength and guidance (docs/scheduling.md "Batching"). Prompts, images, seeds and
+# samples may differ. Kept in step with migration 0007.
+BATCH_KEY_SQL = (
+    "(params ->> 'width') || 'x' || (params ->> 'height') || '|' || (params ->> 'scheduler')"
+    " || '|' || (params ->> 'num_inference_steps') || '|' || (params ->> 'strength')"
+    " || '|' || (params ->> 'guidance_scale')"
+)
 
 
 class Job(Base):
@@ -148,6 +164,17 @@ class Job(Base):
             postgresql_where="status IN ('QUEUED', 'PROCESSING')",
         ),
         CheckConstraint("cost >= 0", name="cost_non_negative"),
+        # The scheduler's look-up (common/scheduler.py): an account's queued jobs of one
+        # pool, in line. Only QUEUED jobs are in it, so it is as small as the queue; it
+        # carries what batch planning needs, so the planning reads only the index.
+        Index(
+            "ix_jobs_queued_line",
+            "account_id",
+            "queue",
+            "queue_seq",
+            postgresql_include=["batch_key", "work"],
+            postgresql_where="status = 'QUEUED'",
+        ),
         # Idempotency-Key: one job per key and account; jobs without a key are not in it.
         Index(
             "uq_jobs_account_id_idempotency_key",
@@ -172,6 +199,18 @@ class Job(Base):
     input_key: Mapped[str] = mapped_column(String(512))
     output_keys: Mapped[list[str]] = mapped_column(JSONB, default=list)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Scheduling (common/scheduler.py, docs/scheduling.md). The worker pool (GPU_QUEUE of
+    # the API that took it) whose workers may run it.
+    queue: Mapped[str] = mapped_column(String(64), default="gpu", server_default="gpu")
+    # Its place in its account's line (FIFO within an account): set by the trigger
+    # `jobs_track_queue` whenever it enters the queue; kept when it is put back.
+    queue_seq: Mapped[int | None] = mapped_column(BigInteger)
+    # Estimated GPU work (common.scheduler.job_work): what its claim charges its
+    # account in the fair order.
+    work: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    # Jobs with equal keys may share one pipeline call (batching); computed by
+    # PostgreSQL from the parameters, so no writer can get it wrong.
+    batch_key: Mapped[str | None] = mapped_column(Text, Computed(BATCH_KEY_SQL, persisted=True))
     # The lease of the worker running a PROCESSING job: set by its claim, renewed by its
     # heartbeat, required to record the result. The reconciler takes back a job whose
     # lease expired (its worker died) and queues it again (common/reconcile.py).
@@ -199,6 +238,36 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+class AccountQueue(Base):
+    """An account's line in one worker pool: the fair order's state (common/scheduler.py).
+
+    Kept by the trigger `jobs_track_queue` (migration 0007) as jobs enter and leave
+    QUEUED; the scheduler only reads it.
+    """
+
+    __tablename__ = "account_queues"
+    __table_args__ = (
+        # The claim's first look-up: accounts with queued work, least pass first.
+        Index(
+            "ix_account_queues_queue_pass_active",
+            "queue",
+            "pass",
+            "account_id",
+            postgresql_where="queued > 0",
+        ),
+    )
+
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    queue: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Virtual time: the GPU work this account was served, over its weight.
+    pass_: Mapped[float] = mapped_column("pass", Float, default=0.0, server_default="0")
+    queued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queued_work: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    next_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class CreditLedgerEntry(Base):

@@ -1,27 +1,25 @@
-"""The reconciler: makes the queue (Redis, which may lose or repeat messages) agree with
-PostgreSQL (the truth) again after a fault.
+"""The reconciler: takes back the jobs of workers that died.
 
 - A PROCESSING job whose lease expired lost its worker (killed, out of memory, machine
-  gone): it goes back to QUEUED and is sent again, unless it has had MAX_ATTEMPTS claims
-  already; then it ends FAILED and is refunded (a job that kills every worker that runs
-  it must not loop forever). If its client asked to cancel it meanwhile, it ends
-  CANCELLED (refunded) instead of running again.
-- A QUEUED job whose message was sent REDISPATCH_AFTER_SECONDS ago and is still not
-  claimed may have lost its message (Redis restarted without persistence, flushed, a
-  failover, an API that could not reach Redis): it is sent again. Every re-send doubles
-  the wait (up to 16×), so a long but healthy queue is not flooded with duplicates; a
-  duplicate is harmless anyway, since only the first claim of a QUEUED job wins.
+  gone): it goes back to QUEUED, first in its account's line, and the GPU workers are
+  woken, unless it has had MAX_ATTEMPTS claims already; then it ends FAILED and is
+  refunded (a job that kills every worker that runs it must not loop forever). If its
+  client asked to cancel it meanwhile, it ends CANCELLED (refunded) instead.
+- A QUEUED job waiting REDISPATCH_AFTER_SECONDS unclaimed gets a wake-up for its pool
+  (each one doubles the wait, up to 16×). Workers claim from PostgreSQL and poll it
+  when idle, so no job depends on a message; this only nudges pools whose workers all
+  sleep longer than expected. `--every-queued` wakes them for every QUEUED job at once.
 
 Safe with several replicas running it at once (every CPU worker's beat does, and the
 CLI may too): the rows are picked with `FOR UPDATE SKIP LOCKED` and changed in the
-transaction that holds their locks, and messages are sent only after that commit.
+transaction that holds their locks; wake-ups and notices leave after its commit.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -29,11 +27,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
-from common import jobs, notify
+from common import jobs, tasks
 from common.db import session_scope
 from common.models import Job, JobStatus
 from common.settings import Settings, get_settings
-from common.tasks import enqueue_job
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +44,7 @@ class ReconcileReport:
     requeued: list[uuid.UUID] = field(default_factory=list)  # lease expired, sent again
     failed: list[uuid.UUID] = field(default_factory=list)  # lease expired, out of attempts
     cancelled: list[uuid.UUID] = field(default_factory=list)  # lease expired, cancel asked
-    redispatched: list[uuid.UUID] = field(default_factory=list)  # QUEUED, message re-sent
-    send_errors: int = 0  # messages that could not be sent (the next run sends them)
+    redispatched: list[uuid.UUID] = field(default_factory=list)  # QUEUED, pool woken again
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -56,7 +52,6 @@ class ReconcileReport:
             "failed": [str(i) for i in self.failed],
             "cancelled": [str(i) for i in self.cancelled],
             "redispatched": [str(i) for i in self.redispatched],
-            "send_errors": self.send_errors,
         }
 
     @property
@@ -85,14 +80,15 @@ def take_back_expired(
     """PROCESSING jobs with an expired lease → QUEUED again, or FAILED/CANCELLED."""
     expiry = lease_expiry(settings)
     rows = session.execute(
-        select(Job.id, Job.attempts, Job.cancel_requested_at)
+        select(Job.id, Job.attempts, Job.cancel_requested_at, Job.queue)
         .where(Job.status == JobStatus.PROCESSING, expiry < func.now())
         .order_by(expiry)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
     requeue = []
-    for job_id, attempts, cancel_requested_at in rows:
+    pools: Counter[str] = Counter()
+    for job_id, attempts, cancel_requested_at, queue in rows:
         if cancel_requested_at is not None:
             if jobs.finish_cancelled(session, job_id, {"attempts": attempts}) is not None:
                 report.cancelled.append(job_id)
@@ -101,6 +97,7 @@ def take_back_expired(
                 report.failed.append(job_id)
         else:
             requeue.append(job_id)
+            pools[queue] += 1
     if requeue:
         session.execute(
             update(Job)
@@ -114,6 +111,7 @@ def take_back_expired(
             )
         )
         report.requeued.extend(requeue)
+        _wake(session, pools)
 
 
 def redispatch_lost(
@@ -131,15 +129,14 @@ def redispatch_lost(
     )
     overdue = last_sent < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, wait_seconds)
     due = [] if every_queued else [overdue]
-    ids = list(
-        session.execute(
-            select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, *due)
-            .order_by(Job.created_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars()
-    )
+    rows = session.execute(
+        select(Job.id, Job.queue)
+        .where(Job.status == JobStatus.QUEUED, *due)
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    ids = [job_id for job_id, _ in rows]
     if ids:
         session.execute(
             update(Job)
@@ -147,41 +144,35 @@ def redispatch_lost(
             .values(dispatched_at=func.now(), dispatch_count=Job.dispatch_count + 1)
         )
         report.redispatched.extend(ids)
+        _wake(session, Counter(queue for _, queue in rows))
+
+
+def _wake(session: Session, pools: Counter[str]) -> None:
+    """Wake each pool's workers, for as many jobs, once the transaction commits."""
+    for queue, count in pools.items():
+        tasks.wake_after_commit(session, queue, count)
 
 
 def reconcile(
     settings: Settings | None = None,
     *,
-    send: Callable[[str], None] = enqueue_job,
     limit: int = BATCH,
     every_queued: bool = False,
 ) -> ReconcileReport:
-    """One pass: change the rows in one transaction, then (after its commit) send the
-    messages and the job-finished notifications. `every_queued` re-sends every QUEUED
+    """One pass, in one transaction; its wake-ups and job-finished notices leave after
+    the commit (common/after_commit.py). `every_queued` wakes the pools for every QUEUED
     job (up to `limit`), due or not: for an operator who knows Redis lost its data."""
     settings = settings or get_settings()
     report = ReconcileReport()
     with session_scope() as session:
         take_back_expired(session, settings, report, limit)
         redispatch_lost(session, settings, report, limit, every_queued)
-    for job_id in report.requeued + report.redispatched:
-        try:
-            send(str(job_id))
-        except Exception:
-            # Still QUEUED with a fresh dispatched_at: a later run sends it again.
-            report.send_errors += 1
-            logger.warning("could not send job %s again", job_id, exc_info=True)
-    for job_id in report.failed:
-        notify.publish_job_finished(job_id, JobStatus.FAILED)
-    for job_id in report.cancelled:
-        notify.publish_job_finished(job_id, JobStatus.CANCELLED)
     if report.changed:
         logger.info(
-            "reconciled: %d requeued, %d failed, %d cancelled, %d re-sent, %d send errors",
+            "reconciled: %d requeued, %d failed, %d cancelled, %d woken again",
             len(report.requeued),
             len(report.failed),
             len(report.cancelled),
             len(report.redispatched),
-            report.send_errors,
         )
     return report

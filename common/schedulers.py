@@ -30,3 +30,8 @@ SCHEDULER_NAMES: Final[tuple[str, ...]] = (
 DEFAULT_SCHEDULER: Final[str] = "DPM2 Karras"
 
 assert DEFAULT_SCHEDULER in SCHEDULER_NAMES
+
+# Those that evaluate the UNet twice per step: their jobs cost twice the GPU work in the
+# fair order (common/scheduler.py). worker/schedulers.py checks this against the
+# diffusers classes' `order`.
+SECOND_ORDER_SCHEDULERS: Final[frozenset[str]] = frozenset({"Heun", "DPM2 a Karras", "DPM2 Karras"})

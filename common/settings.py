@@ -80,7 +80,16 @@ class Settings(BaseSettings):
     model_id: str = "segmind/SSD-1B"
     model_device: Literal["auto", "cpu", "cuda"] = "auto"
     model_variant: str | None = None
-    gpu_queue: str = "gpu"
+    # The GPU worker pool: an API queues its jobs in this pool, a worker runs only the
+    # jobs of its own pool (PostgreSQL `jobs.queue`), and its wake-ups travel on the
+    # Redis queue of this name. One pool per kind of GPU, if you have several.
+    gpu_queue: str = Field(default="gpu", min_length=1, max_length=64)
+    # Dynamic batching (docs/scheduling.md): a worker runs up to this many images of
+    # compatible queued jobs in one pipeline call. 1 = no batching.
+    max_batch_images: int = Field(default=8, ge=1, le=64)
+    # An idle GPU worker looks for queued work in PostgreSQL this often even without a
+    # wake-up, so a lost wake-up (Redis flushed or down) costs at most this long.
+    worker_poll_seconds: float = Field(default=2.0, gt=0, le=60)
     # The CPU background worker's queue (webhooks, maintenance): never a GPU worker's.
     cpu_queue: str = "cpu"
 

@@ -1,18 +1,33 @@
-"""The Celery app and task names, shared by the API (sender) and the worker (runner).
+"""The Celery app and task names, shared by the API (sender) and the workers.
 
-The API enqueues by name with `send_task`, so it never imports the worker (and so never
-imports torch). Messages carry only a job id: the job itself is read from PostgreSQL.
+PostgreSQL is the queue of record (common/scheduler.py): a GPU worker takes its next
+work with a claim there, in the fair order, never "the job a message names". GPU
+messages are only wake-ups, sent after the commit that queued work: one lost (Redis
+flushed, restarted, unreachable) costs at most WORKER_POLL_SECONDS, since an idle
+worker looks at PostgreSQL that often anyway; one repeated wakes a worker that finds
+nothing, or the next job. Senders use `send_task` by name, so the API never imports
+the worker (and so never imports torch).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import logging
+from functools import lru_cache, partial
 
 from celery import Celery
+from sqlalchemy.orm import Session
 
+from common.after_commit import after_commit
 from common.settings import get_settings
 
-RUN_JOB = "ssd_img2img.run_job"
+logger = logging.getLogger(__name__)
+
+# The GPU workers' wake-up. The name is the one messages had when they named the job to
+# run; such a message (from an API of the release before) still only wakes a worker.
+WAKE_GPU = "ssd_img2img.run_job"
+# Wake-ups sent at most per transaction: more jobs than that are found by the workers
+# that are already awake, which claim again as soon as they finish.
+MAX_WAKEUPS = 64
 
 
 @lru_cache
@@ -23,11 +38,11 @@ def get_celery() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,  # results live in PostgreSQL, not in a result backend
-        # Only RUN_JOB goes to the GPU queue; everything else is CPU work.
-        task_routes={RUN_JOB: {"queue": settings.gpu_queue}},
+        # Only WAKE_GPU goes to the GPU queue; everything else is CPU work.
+        task_routes={WAKE_GPU: {"queue": settings.gpu_queue}},
         task_default_queue=settings.cpu_queue,
-        # One job at a time per GPU worker: never hold a second job's message while
-        # the GPU is busy with the first.
+        # A GPU worker's wake-ups return at once; prefetching more would only hold
+        # messages another idle worker could use.
         worker_prefetch_multiplier=1,
         # Long jobs, crash-safe (docs/reliability.md). A message is acknowledged only once
         # its task returned, so a worker that dies mid-job leaves it in Redis...
@@ -55,6 +70,23 @@ def get_celery() -> Celery:
     return app
 
 
-def enqueue_job(job_id: str) -> None:
-    """Send a job to the GPU queue. Call only after the job's row is committed."""
-    get_celery().send_task(RUN_JOB, args=[job_id])
+def wake_gpu_workers(queue: str | None = None, count: int = 1) -> None:
+    """Send `count` wake-ups to the GPU workers of `queue` (default GPU_QUEUE). Call
+    after the commit that queued the work. Never raises: the workers poll anyway."""
+    queue = queue or get_settings().gpu_queue
+    try:
+        for _ in range(min(count, MAX_WAKEUPS)):
+            get_celery().send_task(WAKE_GPU, queue=queue)
+    except Exception:
+        logger.warning(
+            "could not wake the GPU workers of queue %s; they find the work when they "
+            "next poll PostgreSQL",
+            queue,
+            exc_info=True,
+        )
+
+
+def wake_after_commit(session: Session, queue: str, count: int = 1) -> None:
+    """Wake the GPU workers of `queue` once `session`'s transaction commits (once per
+    transaction and queue: the first call's `count` holds)."""
+    after_commit(session, partial(wake_gpu_workers, queue, count), once=(WAKE_GPU, queue))

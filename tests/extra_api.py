@@ -1,9 +1,10 @@
-"""A second API process on the live stack whose jobs go to a queue no worker consumes.
+"""A second API process on the live stack whose jobs go to a worker pool of their own
+(GPU_QUEUE), which no worker serves.
 
-Its synchronous (v1) requests therefore wait for as long as the test wants: the test
-sees each waiter registered (the job's message lands in the queue only after its waiter
-is registered), then lets the job finish by enqueueing it on the real worker's queue,
-by failing it, or not at all.
+Its jobs therefore stay QUEUED for as long as the test wants: the test sees each job's
+wake-up arrive in the pool's Redis queue (sent once the job is committed), then lets
+the job finish by moving it into the real workers' pool (`run_on_the_workers`), by
+failing it, or not at all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 import redis
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from cli import stack as cli_stack
 from common.db import session_scope
@@ -29,6 +30,8 @@ from common.devstack.process import (
     stop_pidfile,
 )
 from common.models import Job, JobStatus
+from common.settings import get_settings
+from common.tasks import wake_gpu_workers
 from tests.conftest import Stack
 
 
@@ -56,7 +59,7 @@ class HeldApi:
             )
 
     def queued_messages(self) -> int:
-        """Messages waiting in the held queue: one per v1 request whose waiter is set."""
+        """Wake-ups waiting in the held pool's queue: one per job it accepted."""
         with redis.Redis.from_url(self.redis_url) as client:
             return int(client.llen(self.queue))
 
@@ -75,6 +78,14 @@ def queued_job_ids(account_id: str) -> list[uuid.UUID]:
             )
         )
         return list(rows.scalars())
+
+
+def run_on_the_workers(job_ids: list[uuid.UUID]) -> None:
+    """Move held jobs into the real workers' pool and wake its workers."""
+    pool = get_settings().gpu_queue
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(queue=pool))
+    wake_gpu_workers(pool, len(job_ids))
 
 
 @contextlib.contextmanager

@@ -53,16 +53,23 @@ def wait_terminal(client: httpx.Client, status_url: str, timeout: float = 120) -
         time.sleep(0.1)
 
 
+# A worker pool (jobs.queue) that no worker of the live stack serves.
+HELD_POOL = "tests-held"
+
+
 def insert_job(
     account_id: str,
     status: JobStatus,
     *,
     cost: int = 0,
     input_key: str = "inputs/none.png",
+    queue: str = HELD_POOL,
     **params: Any,
 ) -> uuid.UUID:
-    """A job row written straight to PostgreSQL, with no message queued and no debit:
-    the test decides what happens to it. `params` add to (or replace) the defaults."""
+    """A job row written straight to PostgreSQL, with no debit, in a worker pool that no
+    worker serves (unless `queue` says otherwise): the test decides what happens to it
+    (tests.extra_api.run_on_the_workers lets the live worker run it). `params` add to
+    (or replace) the defaults."""
     job_id = uuid.uuid4()
     defaults = {
         "prompt": "p",
@@ -79,6 +86,7 @@ def insert_job(
                 id=job_id,
                 account_id=uuid.UUID(account_id),
                 status=status,
+                queue=queue,
                 params={**defaults, **params},
                 seed=1,
                 cost=cost,

@@ -1,9 +1,9 @@
-"""Pausing the GPU workers' consumption while a test holds jobs QUEUED.
+"""Pausing the GPU workers' claims while a test holds jobs QUEUED.
 
-Celery's `cancel_consumer` / `add_consumer`, addressed to the GPU workers by name
-(`gpu-<pid>@<host>`, worker/__main__.py): broadcast, `add_consumer` would also make
-the CPU worker consume the GPU queue, and it drops every job message it gets as an
-unregistered task.
+The workers' own remote-control commands `pause_claims` / `resume_claims`
+(worker/tasks.py), addressed to the GPU workers by name (`gpu-<pid>@<host>`,
+worker/__main__.py): once a worker answered `pause_claims`, it starts no claim until
+`resume_claims`; the claim it was running, if any, goes on to its end.
 """
 
 from __future__ import annotations
@@ -13,49 +13,34 @@ from contextlib import contextmanager
 
 from celery import Celery
 
-from common.settings import get_settings
 from common.tasks import get_celery
 from tests.test_limits import wait_until
 
 
 def gpu_workers(app: Celery) -> list[str]:
-    """The names of the GPU workers that answer now (a solo-pool worker answers control
-    messages only between jobs)."""
+    """The names of the GPU workers that answer now."""
     replies = app.control.ping(timeout=1) or []
     return [name for reply in replies for name in reply if name.startswith("gpu-")]
 
 
-def _consuming(app: Celery, queue: str, workers: list[str]) -> bool | None:
-    """Whether any of `workers` consumes `queue`; None while none answers."""
-    replies = app.control.inspect(timeout=1, destination=workers).active_queues() or {}
-    if not replies:
-        return None
-    return any(q["name"] == queue for queues in replies.values() for q in queues)
+def _all_answered(app: Celery, command: str, workers: list[str]) -> bool:
+    replies = app.control.broadcast(command, destination=workers, reply=True, timeout=2) or []
+    return set(workers) <= {name for reply in replies for name in reply}
 
 
 @contextmanager
 def gpu_workers_paused() -> Iterator[None]:
-    """Within the block, the GPU workers take no job from their queue."""
-    app, queue = get_celery(), get_settings().gpu_queue
+    """Within the block, the GPU workers claim no job."""
+    app = get_celery()
     workers: list[str] = []
 
     def answering() -> bool:
         workers[:] = gpu_workers(app)
         return bool(workers)
 
-    def paused() -> bool:
-        app.control.cancel_consumer(queue, destination=workers)  # idempotent
-        return _consuming(app, queue, workers) is False
-
-    def resumed() -> bool:
-        # A resumed worker may start a long job at once and then answer nothing until it
-        # is done: its reply to add_consumer is the proof.
-        replies = app.control.add_consumer(queue, destination=workers, reply=True) or []
-        return set(workers) <= {name for reply in replies for name in reply}
-
     wait_until(answering, "a GPU worker answering")
-    wait_until(paused, "paused")
+    wait_until(lambda: _all_answered(app, "pause_claims", workers), "paused")
     try:
         yield
     finally:
-        wait_until(resumed, "consuming again")
+        wait_until(lambda: _all_answered(app, "resume_claims", workers), "claiming again")

@@ -11,8 +11,9 @@ from sqlalchemy import func, select
 from common import credits, jobs
 from common.db import session_scope
 from common.models import Account, CreditLedgerEntry, Job, JobStatus, LedgerReason
-from common.tasks import enqueue_job
+from common.tasks import WAKE_GPU, get_celery, wake_gpu_workers
 from tests.conftest import Stack
+from tests.extra_api import run_on_the_workers
 from tests.helpers import insert_job, job_body, wait_terminal
 
 
@@ -62,7 +63,7 @@ def test_failed_job_is_refunded_once_and_served_as_422(live_stack: Stack) -> Non
     )
     with session_scope() as session:
         credits.debit_for_job(session, uuid.UUID(account_id), job_id, 20)
-    enqueue_job(str(job_id))
+    run_on_the_workers([job_id])
     base = f"{live_stack.api_url}/v2/requests/{job_id}"
     with live_stack.client(key) as client:
         assert wait_terminal(client, f"{base}/status")["status"] == "FAILED"
@@ -92,16 +93,17 @@ def test_failed_job_is_refunded_once_and_served_as_422(live_stack: Stack) -> Non
     assert refunds == 1
 
 
-def test_repeated_message_runs_job_once(live_stack: Stack) -> None:
+def test_repeated_wake_ups_run_the_job_once(live_stack: Stack) -> None:
     _, key = live_stack.create_account(credits=100)
     with live_stack.client(key) as client:
         data = client.post("/v2/ssd-img2img", json=job_body()).json()
-        # Redis may deliver a message twice: the second delivery must be dropped.
-        enqueue_job(data["request_id"])
-        enqueue_job(data["request_id"])
+        # Redis may deliver a message twice, and wake-ups of the release before named
+        # their job: all of them only wake the worker, which claims from PostgreSQL.
+        for _ in range(3):
+            wake_gpu_workers()
+        get_celery().send_task(WAKE_GPU, args=[data["request_id"]], queue="gpu")
         assert wait_terminal(client, data["status_url"])["status"] == "COMPLETED"
-    with live_stack.client(key) as client:
-        # Let the duplicates be consumed: a later job completes after them (one worker, FIFO).
+        # Let the extra wake-ups be consumed: a later job completes after them.
         later = client.post("/v2/ssd-img2img", json=job_body()).json()
         wait_terminal(client, later["status_url"])
     with session_scope() as session:

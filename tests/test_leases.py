@@ -55,11 +55,11 @@ def test_a_worker_that_lost_its_lease_stops_at_the_next_step(live_stack: Stack) 
     account_id, _ = live_stack.create_account(credits=0)
     job_id = claimed_by(account_id, "worker-a/1")
     try:
-        with LeaseHeartbeat(job_id, "worker-a/1", lease_seconds=60, period=0.05) as heartbeat:
-            monitor = StepMonitor(job_id, lease_lost=lambda: heartbeat.lost)
+        with LeaseHeartbeat([job_id], "worker-a/1", lease_seconds=60, period=0.05) as heartbeat:
+            monitor = StepMonitor(job_id, lease_lost=lambda: heartbeat.lost(job_id))
             monitor(1, 10)  # still held: the step goes on
             give_lease_to(job_id, "worker-b/2")
-            wait_until(lambda: heartbeat.lost, "the heartbeat noticing", timeout=30)
+            wait_until(lambda: heartbeat.lost(job_id), "the heartbeat noticing", timeout=30)
             with pytest.raises(LeaseLost):
                 monitor(2, 10)
     finally:  # end it, or the reconciler would send it to the shared worker later
@@ -74,11 +74,11 @@ def test_a_job_past_the_longest_run_time_loses_its_lease_and_stops(live_stack: S
     job_id = claimed_by(account_id, "worker-a/1")
     try:
         with LeaseHeartbeat(
-            job_id, "worker-a/1", lease_seconds=0.5, period=0.05, max_seconds=0.2
+            [job_id], "worker-a/1", lease_seconds=0.5, period=0.05, max_seconds=0.2
         ) as heartbeat:
-            monitor = StepMonitor(job_id, lease_lost=lambda: heartbeat.lost)
+            monitor = StepMonitor(job_id, lease_lost=lambda: heartbeat.lost(job_id))
             monitor(1, 10)
-            wait_until(lambda: heartbeat.lost, "the lease given up", timeout=30)
+            wait_until(lambda: heartbeat.lost(job_id), "the lease given up", timeout=30)
             with pytest.raises(LeaseLost):
                 monitor(2, 10)
     finally:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from celery import Celery
 from sqlalchemy import func, select
 
 from cli import stack
@@ -19,10 +17,8 @@ from common.db import session_scope
 from common.devstack.ports import free_port
 from common.devstack.process import pidfile_path, stop_pidfile
 from common.models import Job
-from common.settings import get_settings
-from common.tasks import RUN_JOB, get_celery
 from tests.conftest import Stack
-from tests.extra_api import HeldApi, held_api
+from tests.extra_api import HeldApi, held_api, run_on_the_workers
 from tests.helpers import job_body, wait_terminal
 from tests.test_admin import me, new_account
 
@@ -44,43 +40,10 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -
         time.sleep(0.2)
 
 
-def _consuming(app: Celery, queue: str) -> bool | None:
-    """Whether the workers consume `queue`; None while no worker answers (a solo-pool
-    worker answers control messages only between jobs)."""
-    replies = app.control.inspect(timeout=2).active_queues() or {}
-    if not replies:
-        return None
-    return any(q["name"] == queue for queues in replies.values() for q in queues)
-
-
-@contextmanager
-def workers_paused() -> Iterator[None]:
-    """The workers stop taking jobs from the queue (Celery's cancel_consumer), so the
-    jobs submitted meanwhile stay QUEUED, in flight, for as long as the test needs."""
-    app, queue = get_celery(), get_settings().gpu_queue
-
-    def paused() -> bool:
-        app.control.cancel_consumer(queue)  # idempotent; repeated until it took effect
-        return _consuming(app, queue) is False
-
-    def resumed() -> bool:
-        app.control.add_consumer(queue)
-        return _consuming(app, queue) is True
-
-    wait_until(paused, "paused")
-    try:
-        yield
-    finally:
-        wait_until(resumed, "consuming again")
-
-
 def release(held: HeldApi, status_urls: list[str], key: str) -> None:
-    """Let held jobs run: move their ids onto the real GPU queue, then wait for them."""
-    app = get_celery()
+    """Let held jobs run: move them into the real workers' pool, then wait for them."""
+    run_on_the_workers([uuid.UUID(url.rstrip("/").split("/")[-2]) for url in status_urls])
     with httpx.Client(base_url=held.url, headers={"x-api-key": key}, timeout=30) as client:
-        for url in status_urls:
-            request_id = url.rstrip("/").split("/")[-2]
-            app.send_task(RUN_JOB, args=[request_id], queue=get_settings().gpu_queue)
         for url in status_urls:
             assert wait_terminal(client, url)["status"] == "COMPLETED"
 

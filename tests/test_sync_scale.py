@@ -24,9 +24,8 @@ from sqlalchemy import text
 from common import jobs, notify
 from common.db import session_scope
 from common.models import Account, JobStatus
-from common.tasks import enqueue_job
 from tests.conftest import Stack
-from tests.extra_api import HeldApi, held_api, queued_job_ids
+from tests.extra_api import HeldApi, held_api, queued_job_ids, run_on_the_workers
 from tests.helpers import image_b64, job_body
 
 WAITERS = 100
@@ -103,8 +102,7 @@ async def _scenario(api: HeldApi, key: str, account_id: str) -> Outcome:
         job_ids = await asyncio.to_thread(queued_job_ids, account_id)
         assert len(job_ids) == WAITERS
         to_worker, to_end = job_ids[:THROUGH_THE_WORKER], job_ids[THROUGH_THE_WORKER:]
-        for job_id in to_worker:
-            enqueue_job(str(job_id))
+        run_on_the_workers(to_worker)
         await asyncio.to_thread(end_jobs, to_end)
         responses = await asyncio.gather(*requests)
     return Outcome(list(responses), window, {str(j) for j in to_worker}, {str(j) for j in to_end})

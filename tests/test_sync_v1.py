@@ -16,9 +16,8 @@ from segmind import InferenceFailed, SegmindClient, SegmindError
 from common import jobs
 from common.db import session_scope
 from common.storage import get_storage
-from common.tasks import enqueue_job
 from tests.conftest import Stack
-from tests.extra_api import HeldApi, held_api, queued_job_ids
+from tests.extra_api import HeldApi, held_api, queued_job_ids, run_on_the_workers
 from tests.helpers import image_b64, job_body, wait_terminal
 
 V1 = "/v1/ssd-img2img"
@@ -156,7 +155,7 @@ def _fail_on_the_worker(job_id: uuid.UUID) -> None:
         job = jobs.get_job(session, job_id)
         assert job is not None
         get_storage().put(job.input_key, b"not an image", "image/png")
-    enqueue_job(str(job_id))
+    run_on_the_workers([job_id])
 
 
 def test_the_sdk_raises_the_jobs_error_on_v1_and_v2(

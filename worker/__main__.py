@@ -1,7 +1,12 @@
-"""`python -m worker`: load the model, then consume the GPU queue.
+"""`python -m worker`: load the model, then run the pool's queued jobs.
 
-The model is loaded before the worker takes any message, so a worker that cannot load
-it stops at once with a message saying what to set, instead of failing every job.
+The model is loaded before the worker claims anything, so a worker that cannot load it
+stops at once with a message saying what to set, instead of failing every job. Then
+the runner thread claims work from PostgreSQL (worker/runner.py) while Celery, in the
+main thread, consumes the pool's wake-ups and remote-control messages.
+
+SIGTERM (Celery's warm shutdown) stops the runner from claiming; the process exits
+once the claim it runs is recorded.
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from common.settings import get_settings
+from common.storage import get_storage
 from worker import runtime
 from worker.pipeline import ModelLoadError, load_pipeline
+from worker.recycle import Recycler
+from worker.runner import Runner
 
 logger = logging.getLogger("worker")
 
@@ -39,8 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: cannot load the model: {exc}", file=sys.stderr)
         return 2
     runtime.set_pipeline(pipe)
+    runner = Runner(pipe, get_storage(), settings, Recycler.from_settings(settings))
+    runtime.set_runner(runner)
 
-    from worker.tasks import app  # registers the task
+    from worker.tasks import app  # registers the task and the control commands
+
+    @worker_shutting_down.connect(weak=False)
+    def _stop_claiming(**_: Any) -> None:  # in the signal handler: only sets flags
+        runner.stop()
+
+    @worker_shutdown.connect(weak=False)
+    def _finish_running(**_: Any) -> None:
+        runner.join()
 
     if args.ready_file is not None:
         ready_file: Path = args.ready_file
@@ -49,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         def _ready(**_: object) -> None:
             ready_file.write_text("ready\n")
 
-    # Solo pool: the pipeline lives in this process and runs one job at a time.
+    runner.start()
+    # Solo pool: tasks only wake the runner, in this process.
     app.worker_main(
         [
             "worker",
@@ -62,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             "--without-mingle",
         ]
     )
+    runner.stop()
+    runner.join()
     return 0
 
 

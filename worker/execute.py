@@ -1,7 +1,13 @@
-"""Running one job: claim it in PostgreSQL, generate, upload, record the result.
+"""Running claimed work: one job, or a batch of compatible jobs in one pipeline call.
 
-The database transactions are short and never span the generation itself: a claim,
-then (minutes later, maybe) one final write.
+The claim (common/scheduler.py) decides what runs; this generates, uploads and records
+each job's result. The database transactions are short and never span the generation
+itself: a claim, then (minutes later, maybe) one final write per job.
+
+Each member of a batch keeps its own lease (renewed together), progress, webhooks,
+cancellation, completion and metrics. Cancelling one member ends it at once
+(CANCELLED, refunded) while the pipeline call goes on for the others; the call stops
+only when no member is left. A failure of the whole call fails each member (refunded).
 """
 
 from __future__ import annotations
@@ -10,21 +16,21 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
-from common import jobs, leases, notify, progress, storage
+from common import jobs, leases, scheduler, storage
 from common.db import session_scope
-from common.models import JobStatus
-from common.settings import get_settings
+from common.models import Job
+from common.settings import Settings
 from common.storage import Storage
 from worker import fault_hooks
 from worker.heartbeat import LeaseHeartbeat
-from worker.pipeline import GenerationRequest, generate
+from worker.pipeline import GenerationRequest, generate_batch
 from worker.step_monitor import JobCancelled, LeaseLost, StepMonitor, record_cancelled
 
 if TYPE_CHECKING:
@@ -45,13 +51,9 @@ class ClaimedJob:
     input_key: str
     queue_time: float | None
 
-
-def claim(job_id: uuid.UUID, lease_owner: str, lease_seconds: float) -> ClaimedJob | None:
-    with session_scope() as session:
-        job = jobs.claim(session, job_id, lease_owner=lease_owner, lease_seconds=lease_seconds)
-        if job is None:
-            return None
-        return ClaimedJob(
+    @classmethod
+    def of(cls, job: Job) -> ClaimedJob:
+        return cls(
             id=job.id,
             account_id=job.account_id,
             params=dict(job.params),
@@ -61,23 +63,53 @@ def claim(job_id: uuid.UUID, lease_owner: str, lease_seconds: float) -> ClaimedJ
         )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """The jobs of one claim (head first) and the lease they are held under."""
+
+    owner: str
+    jobs: list[ClaimedJob]
+
+
+def claim(settings: Settings) -> Claim | None:
+    """The scheduler's next work for this worker's pool, or None when nothing is queued."""
+    owner = leases.new_owner()  # this claim's lease: renewed while it runs
+    with session_scope() as session:
+        claimed = scheduler.claim_next(
+            session,
+            settings.gpu_queue,
+            owner,
+            settings.lease_seconds,
+            max_images=settings.max_batch_images,
+        )
+        if not claimed:
+            return None
+        return Claim(owner, [ClaimedJob.of(job) for job in claimed])
+
+
 def to_jpeg(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
-def run(
-    job: ClaimedJob,
-    pipe: StableDiffusionXLImg2ImgPipeline,
-    store: Storage,
-    on_step: Callable[[int, int], None] | None = None,
-) -> list[str]:
-    """Generate and upload; returns the output object keys. `on_step(done, total)`
-    runs between denoising steps; what it raises aborts the run before any upload."""
+class _AllStopped(Exception):
+    """Every member of the call was cancelled or lost its lease: stop the pipeline."""
+
+
+@dataclass
+class _Member:
+    job: ClaimedJob
+    monitor: StepMonitor
+    request: GenerationRequest | None = None
+    # Set once the member is over before the call ends (cancelled, lease lost, failed).
+    ended: bool = False
+
+
+def _request(job: ClaimedJob, store: Storage) -> GenerationRequest:
     p = job.params
     source = Image.open(io.BytesIO(store.get(job.input_key))).convert("RGB")
-    request = GenerationRequest(
+    return GenerationRequest(
         image=source,
         prompt=p["prompt"],
         negative_prompt=p.get("negative_prompt"),
@@ -88,78 +120,130 @@ def run(
         seed=job.seed,
         scheduler=p["scheduler"],
     )
-    result = generate(pipe, request, on_step)
-    keys = []
-    for index, image in enumerate(result.images):
-        key = storage.output_key(job.account_id, job.id, index)
-        store.put(key, to_jpeg(image), "image/jpeg")
-        keys.append(key)
-    return keys
 
 
-def execute(job_id: uuid.UUID, pipe: StableDiffusionXLImg2ImgPipeline, store: Storage) -> None:
-    settings = get_settings()
-    # This claim's lease: renewed while the job runs, required to record its result.
-    owner = leases.new_owner()
-    job = claim(job_id, owner, settings.lease_seconds)
-    if job is None:
-        # A repeated or stale message: the job was claimed by someone else or is over.
-        logger.info("job %s is not QUEUED; message dropped", job_id)
-        return
-    logger.info("job %s claimed", job_id)
-    fault_hooks.maybe_crash(job.params)  # test-only; inert unless its env var is set
-    heartbeat = LeaseHeartbeat(
-        job_id,
-        owner,
-        settings.lease_seconds,
-        settings.lease_renew_seconds,
-        max_seconds=settings.broker_visibility_timeout_seconds,  # the longest job
-    )
-    progress.clear(job_id)  # an earlier attempt's steps must not show as this one's
-    progress.publish_started(job_id)  # after the claim's commit: event streams say PROCESSING
-    started = time.perf_counter()
-    # Between steps: lease, cancel checks and progress (Redis).
-    monitor = StepMonitor(job_id, lease_lost=lambda: heartbeat.lost)
-    try:
-        with heartbeat:
-            keys = run(job, pipe, store, monitor)
-    except LeaseLost as stop:
-        logger.warning("%s", stop)  # the job's new owner records its result
-        return
-    except JobCancelled as stop:
-        cancelled_metrics = {
-            "queue_time": job.queue_time,
-            "inference_time": round(time.perf_counter() - started, 3),
-            "steps_done": stop.done,
-            "steps_total": stop.total,
+def _failure(exc: BaseException) -> str:
+    # Storage outages fail the job (refunded) rather than hold the GPU retrying: the
+    # client may submit again; the error says which part failed.
+    stage = "object storage" if isinstance(exc, BotoCoreError | ClientError) else "generation"
+    return f"{stage} failed: {type(exc).__name__}: {exc}"
+
+
+class BatchRun:
+    """One claim being run: its members, their lease heartbeat and their step reports."""
+
+    def __init__(
+        self,
+        work: Claim,
+        pipe: StableDiffusionXLImg2ImgPipeline,
+        store: Storage,
+        settings: Settings,
+    ) -> None:
+        self.owner = work.owner
+        self.pipe = pipe
+        self.store = store
+        self.heartbeat = LeaseHeartbeat(
+            [job.id for job in work.jobs],
+            work.owner,
+            settings.lease_seconds,
+            settings.lease_renew_seconds,
+            max_seconds=settings.broker_visibility_timeout_seconds,  # the longest job
+        )
+        self.members = [
+            _Member(job, StepMonitor(job.id, lease_lost=self._lease_lost_of(job.id)))
+            for job in work.jobs
+        ]
+        self.started = time.perf_counter()
+
+    def _lease_lost_of(self, job_id: uuid.UUID) -> Any:
+        return lambda: self.heartbeat.lost(job_id)
+
+    def _metrics(self, member: _Member, **extra: Any) -> dict[str, Any]:
+        return {
+            "queue_time": member.job.queue_time,
+            "inference_time": round(time.perf_counter() - self.started, 3),
+            "batch_size": len(self.members),
+            **extra,
         }
-        if record_cancelled(job_id, cancelled_metrics, lease_owner=owner):
-            logger.info("job %s: %s", job_id, stop)
-        return
-    except Exception as exc:
-        logger.exception("job %s failed", job_id)
-        # Storage outages fail the job (refunded) rather than hold the GPU retrying:
-        # the client may submit again; the error says which part failed.
-        stage = "object storage" if isinstance(exc, BotoCoreError | ClientError) else "generation"
+
+    def _end(self, member: _Member) -> None:
+        member.ended = True
+        self.heartbeat.release(member.job.id)
+
+    def _fail(self, member: _Member, error: str) -> None:
+        self._end(member)
         with session_scope() as session:
-            failed = jobs.fail(
-                session,
-                job_id,
-                f"{stage} failed: {type(exc).__name__}: {exc}",
-                lease_owner=owner,
-            )
-        if failed:  # after the commit: a woken waiter must find the row terminal
-            notify.publish_job_finished(job_id, JobStatus.FAILED)
-            progress.clear(job_id)
-        return
-    metrics = {
-        "queue_time": job.queue_time,
-        "inference_time": round(time.perf_counter() - started, 3),
-    }
-    with session_scope() as session:
-        if not jobs.complete(session, job_id, keys, metrics, lease_owner=owner):
-            logger.warning("job %s is no longer leased to us; result not recorded", job_id)
+            jobs.fail(session, member.job.id, error, lease_owner=self.owner)
+
+    def _live(self) -> list[_Member]:
+        return [m for m in self.members if not m.ended]
+
+    def on_step(self, done: int, total: int) -> None:
+        """Between two denoising steps: each live member's cancel, lease and progress."""
+        for member in self._live():
+            try:
+                member.monitor(done, total)
+            except JobCancelled as stop:
+                self._end(member)
+                metrics = self._metrics(member, steps_done=stop.done, steps_total=stop.total)
+                if record_cancelled(member.job.id, metrics, lease_owner=self.owner):
+                    logger.info("%s", stop)
+            except LeaseLost as stop:
+                self._end(member)  # the job's new owner records its result
+                logger.warning("%s", stop)
+        if not self._live():
+            raise _AllStopped
+
+    def run(self) -> None:
+        with self.heartbeat:
+            for member in self.members:
+                fault_hooks.maybe_crash(member.job.params)  # test-only; inert unless set
+                try:
+                    member.request = _request(member.job, self.store)
+                except Exception as exc:
+                    logger.exception("job %s: cannot read its input", member.job.id)
+                    self._fail(member, _failure(exc))
+            live = self._live()
+            if not live:
+                return
+            logger.info("running %s", ", ".join(str(m.job.id) for m in live))
+            requests = [m.request for m in live if m.request is not None]
+            try:
+                results = generate_batch(self.pipe, requests, self.on_step)
+            except _AllStopped:
+                return
+            except Exception as exc:
+                logger.exception("the pipeline call of %d jobs failed", len(live))
+                for member in self._live():
+                    self._fail(member, _failure(exc))
+                return
+            for member, result in zip(live, results, strict=True):
+                if not member.ended:
+                    self._record(member, result.images)
+
+    def _record(self, member: _Member, images: Sequence[Image.Image]) -> None:
+        job = member.job
+        try:
+            keys = []
+            for index, image in enumerate(images):
+                key = storage.output_key(job.account_id, job.id, index)
+                self.store.put(key, to_jpeg(image), "image/jpeg")
+                keys.append(key)
+        except Exception as exc:
+            logger.exception("job %s: upload failed", job.id)
+            self._fail(member, _failure(exc))
             return
-    notify.publish_job_finished(job_id, JobStatus.COMPLETED)  # after the commit, never before
-    progress.clear(job_id)
-    logger.info("job %s completed in %.2fs", job_id, metrics["inference_time"])
+        metrics = self._metrics(member)
+        self._end(member)
+        with session_scope() as session:
+            if not jobs.complete(session, job.id, keys, metrics, lease_owner=self.owner):
+                logger.warning("job %s is no longer leased to us; result not recorded", job.id)
+                return
+        logger.info("job %s completed in %.2fs", job.id, metrics["inference_time"])
+
+
+def execute(
+    work: Claim, pipe: StableDiffusionXLImg2ImgPipeline, store: Storage, settings: Settings
+) -> None:
+    """Run the claimed jobs and record each one's end."""
+    BatchRun(work, pipe, store, settings).run()

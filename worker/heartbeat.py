@@ -1,5 +1,6 @@
-"""The lease heartbeat: a thread that renews the worker's lease on its job while the
-job runs (every LEASE_SECONDS / 3), so the reconciler leaves the job alone.
+"""The lease heartbeat: a thread that renews the worker's lease on the jobs it runs (one
+job, or the jobs of a batch) every LEASE_SECONDS / 3, so the reconciler leaves them
+alone.
 
 A thread rather than renewals between denoising steps: the upload, a slow first step
 or a long VAE decode must not let the lease run out, and torch releases the GIL while
@@ -8,7 +9,7 @@ harmless: two more fit in the lease.
 
 The thread cannot tell a long job from a hung one (a stuck CUDA call, a deadlock), so
 it renews for at most `max_seconds` (BROKER_VISIBILITY_TIMEOUT_SECONDS, the longest a
-job may run): then it lets the lease expire and the reconciler takes the job back.
+job may run): then it lets the leases expire and the reconciler takes the jobs back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from types import TracebackType
 
 from common import leases
@@ -26,29 +28,35 @@ logger = logging.getLogger(__name__)
 
 
 class LeaseHeartbeat:
-    """`with LeaseHeartbeat(job_id, owner, lease_seconds, period):` renews while inside."""
+    """`with LeaseHeartbeat(job_ids, owner, lease_seconds, period):` renews while inside."""
 
     def __init__(
         self,
-        job_id: uuid.UUID,
+        job_ids: Iterable[uuid.UUID],
         owner: str,
         lease_seconds: float,
         period: float,
         max_seconds: float | None = None,
     ) -> None:
-        self.job_id = job_id
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.period = period
         self.max_seconds = max_seconds
+        self._held = set(job_ids)  # renewed at each period
+        self._lost: set[uuid.UUID] = set()
+        self._guard = threading.Lock()
         self._stop = threading.Event()
-        self._lost = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lease-{owner}", daemon=True)
 
-    @property
-    def lost(self) -> bool:
-        """True once a renewal found the lease taken back: the result will be refused."""
-        return self._lost.is_set()
+    def lost(self, job_id: uuid.UUID) -> bool:
+        """True once a renewal found `job_id`'s lease taken back: its result will be refused."""
+        with self._guard:
+            return job_id in self._lost
+
+    def release(self, job_id: uuid.UUID) -> None:
+        """Stop renewing `job_id` (it ended while the others of its batch go on)."""
+        with self._guard:
+            self._held.discard(job_id)
 
     def __enter__(self) -> LeaseHeartbeat:
         self._thread.start()
@@ -63,32 +71,42 @@ class LeaseHeartbeat:
         self._stop.set()
         self._thread.join()
 
+    def _mark_lost(self, job_ids: Iterable[uuid.UUID]) -> None:
+        with self._guard:
+            self._lost.update(job_ids)
+            self._held.difference_update(job_ids)
+
     def _run(self) -> None:
         deadline = None if self.max_seconds is None else time.monotonic() + self.max_seconds
         while not self._stop.wait(self.period):
+            with self._guard:
+                held = set(self._held)
+            if not held:
+                continue
             if deadline is not None and time.monotonic() > deadline:
                 logger.error(
-                    "job %s has run for over %.0fs: no more lease renewals, it will be "
-                    "taken back and run again elsewhere (or failed after its last attempt)",
-                    self.job_id,
+                    "jobs %s have run for over %.0fs: no more lease renewals, they will be "
+                    "taken back and run again elsewhere (or failed after their last attempt)",
+                    sorted(map(str, held)),
                     self.max_seconds,
                 )
-                # Once the lease has run out the job is no longer ours: say so, so that
-                # a job merely slow (not hung) stops at its next step.
+                # Once the leases have run out the jobs are no longer ours: say so, so
+                # that jobs merely slow (not hung) stop at their next step.
                 if not self._stop.wait(self.lease_seconds):
-                    self._lost.set()
+                    self._mark_lost(held)
                 return
             try:
                 with session_scope() as session:
-                    held = leases.renew(session, self.job_id, self.owner, self.lease_seconds)
+                    still = leases.renew_all(session, held, self.owner, self.lease_seconds)
             except Exception:
                 # The database is unreachable for now: the next period tries again.
-                logger.warning("could not renew the lease on job %s", self.job_id, exc_info=True)
+                logger.warning("could not renew the leases of %s", self.owner, exc_info=True)
                 continue
-            if not held:
+            with self._guard:  # a job released meanwhile ended: not lost
+                gone = (held - still) & self._held
+            if gone:
                 logger.warning(
-                    "the lease on job %s was taken back; its result will not be recorded",
-                    self.job_id,
+                    "the lease on jobs %s was taken back; their results will not be recorded",
+                    sorted(map(str, gone)),
                 )
-                self._lost.set()
-                return
+                self._mark_lost(gone)

@@ -1,13 +1,13 @@
 """GPU worker recycling: after WORKER_MAX_JOBS jobs, or once the process's resident
 memory exceeds WORKER_MAX_RSS_MB, the worker finishes the job it has and exits cleanly
 (exit status 0), for its supervisor (docker `restart:`, systemd `Restart=always`, a
-Kubernetes Deployment) to start a fresh one.
+Kubernetes Deployment) to start a fresh one. A batch counts as its number of jobs.
 
 Celery's own `worker_max_tasks_per_child` / `worker_max_memory_per_child` act on
 prefork pool children only; the GPU worker runs the solo pool (the pipeline lives in
 the worker process itself), so recycling is done here: the worker sends itself SIGTERM,
-Celery's warm shutdown, which lets the current task return (and its message be
-acknowledged) and takes no new message.
+Celery's warm shutdown, which stops the runner (worker/runner.py) from claiming and
+lets it finish what it runs.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ class Recycler:
                 return f"RSS {rss:.0f} MiB > WORKER_MAX_RSS_MB={self.max_rss_mb}"
         return None
 
-    def job_done(self) -> None:
-        """Call after each job (each message handled, duplicates included)."""
-        self.jobs += 1
+    def jobs_done(self, count: int = 1) -> None:
+        """Call after each claim ran, with its number of jobs."""
+        self.jobs += count
         if self.requested:
             return
         why = self.reason()

@@ -34,7 +34,7 @@ from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepSchedu
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import is_scipy_available
 
-from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES, SECOND_ORDER_SCHEDULERS
 
 __all__ = [
     "DEFAULT_SCHEDULER",
@@ -94,6 +94,8 @@ SCHEDULERS: Mapping[str, SchedulerSpec] = MappingProxyType(
 # The API validates against common.schedulers without importing torch; a name
 # added on one side only would pass validation and then fail every job.
 assert set(SCHEDULERS) == set(SCHEDULER_NAMES), sorted(set(SCHEDULERS) ^ set(SCHEDULER_NAMES))
+# The scheduler charges second-order jobs twice the work (common/scheduler.py).
+assert {n for n, s in SCHEDULERS.items() if s.order == 2} == SECOND_ORDER_SCHEDULERS
 
 
 # LMS integrates its coefficients with scipy; without it every LMS job would fail

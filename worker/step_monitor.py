@@ -16,9 +16,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from common import cancel_flags, jobs, notify, progress
+from common import cancel_flags, jobs, progress
 from common.db import session_scope
-from common.models import JobStatus
 from common.webhooks.events import maybe_record_progress_event
 
 logger = logging.getLogger(__name__)
@@ -138,16 +137,13 @@ class StepMonitor:
 def record_cancelled(
     job_id: uuid.UUID, metrics: dict[str, Any], lease_owner: str | None = None
 ) -> bool:
-    """PROCESSING -> CANCELLED with the refund and the job.completed webhooks, then the
-    job-finished notice (after the commit, so woken v1 waiters and event streams find
-    the row terminal). True if this call made the transition; it happens once, whoever
-    calls it again. With `lease_owner`: only while that worker still holds the job."""
+    """PROCESSING -> CANCELLED with the refund, the job.completed webhooks and, after the
+    commit, the job-finished notice (common.jobs.finish_cancelled). True if this call
+    made the transition; it happens once, whoever calls it again. With `lease_owner`:
+    only while that worker still holds the job."""
     with session_scope() as session:
         job = jobs.finish_cancelled(session, job_id, metrics, lease_owner=lease_owner)
-    cancel_flags.clear(job_id)
-    progress.clear(job_id)
     if job is None:
         logger.warning("job %s was no longer PROCESSING; cancellation not recorded", job_id)
         return False
-    notify.publish_job_finished(job_id, JobStatus.CANCELLED)
     return True

@@ -1,23 +1,37 @@
-"""Celery task registration for the GPU worker."""
+"""Celery task and remote-control commands of the GPU worker.
+
+Messages only wake the runner (worker/runner.py), which claims from PostgreSQL: the
+task returns at once, so the worker keeps answering control messages mid-job.
+"""
 
 from __future__ import annotations
 
-import uuid
+from typing import Any
 
-from common.settings import get_settings
-from common.storage import get_storage
-from common.tasks import RUN_JOB, get_celery
+from celery.worker.control import control_command
+
+from common.tasks import WAKE_GPU, get_celery
 from worker import runtime
-from worker.execute import execute
-from worker.recycle import Recycler
 
 app = get_celery()
-recycler = Recycler.from_settings(get_settings())  # WORKER_MAX_JOBS, WORKER_MAX_RSS_MB
 
 
-@app.task(name=RUN_JOB, ignore_result=True)
-def run_job(job_id: str) -> None:
-    try:
-        execute(uuid.UUID(job_id), runtime.get_pipeline(), get_storage())
-    finally:
-        recycler.job_done()
+@app.task(name=WAKE_GPU, ignore_result=True)
+def wake(*hint: Any) -> None:
+    """A wake-up. Messages of the release before named a job (`hint`): the job is in
+    PostgreSQL and is claimed in the fair order like any other."""
+    runtime.get_runner().wake()
+
+
+@control_command()
+def pause_claims(state: Any) -> dict[str, str]:
+    """`celery control pause_claims -d gpu-…`: finish the running claim, take no new one
+    (draining a worker before maintenance; tests holding jobs QUEUED)."""
+    runtime.get_runner().pause()
+    return {"ok": "paused"}
+
+
+@control_command()
+def resume_claims(state: Any) -> dict[str, str]:
+    runtime.get_runner().resume()
+    return {"ok": "resumed"}

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from common import account_admin, limits
-from common.account_admin import MAX_CREDIT_CHANGE, MAX_LIMIT_VALUE
+from common.account_admin import MAX_CREDIT_CHANGE, MAX_LIMIT_VALUE, MAX_SCHEDULING_WEIGHT
 from common.accounts import NewApiKey
 from common.models import Account, AccountStatus, ApiKey, CreditLedgerEntry, LedgerReason
 from common.settings import Settings
@@ -25,6 +25,10 @@ class LimitsView(BaseModel):
 
     rate_limit_per_minute: int = Field(description="Requests per minute, per API key.")
     max_jobs_in_flight: int = Field(description="Jobs QUEUED or PROCESSING at once.")
+    scheduling_weight: int = Field(
+        description="Share of the GPUs while several accounts have jobs queued: weight 2 "
+        "gets twice the GPU work of weight 1 (docs/scheduling.md)."
+    )
 
 
 class LimitOverrides(BaseModel):
@@ -32,6 +36,7 @@ class LimitOverrides(BaseModel):
 
     rate_limit_per_minute: int | None
     max_jobs_in_flight: int | None
+    scheduling_weight: int | None
 
 
 class LedgerEntryView(BaseModel):
@@ -141,6 +146,7 @@ class SetLimitsBody(BaseModel):
 
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=MAX_LIMIT_VALUE, strict=True)
     max_jobs_in_flight: int | None = Field(default=None, ge=1, le=MAX_LIMIT_VALUE, strict=True)
+    scheduling_weight: int | None = Field(default=None, ge=1, le=MAX_SCHEDULING_WEIGHT, strict=True)
 
 
 # --- builders ---------------------------------------------------------------------------
@@ -157,10 +163,12 @@ def account_view(account: Account, settings: Settings) -> AccountView:
         limits=LimitsView(
             rate_limit_per_minute=in_force.rate_limit_per_minute,
             max_jobs_in_flight=in_force.max_jobs_in_flight,
+            scheduling_weight=in_force.scheduling_weight,
         ),
         limit_overrides=LimitOverrides(
             rate_limit_per_minute=account.rate_limit_per_minute,
             max_jobs_in_flight=account.max_jobs_in_flight,
+            scheduling_weight=account.scheduling_weight,
         ),
     )
 

@@ -20,8 +20,8 @@ from api.deps import CurrentAccount, SessionDep, SettingsDep, set_remaining_cred
 from api.errors import ApiError, error_responses, parse_id
 from api.img2img.endpoints import status_body
 from api.img2img.schemas import StatusResponse
-from common import cancel_flags, jobs, notify
-from common.models import Account, JobStatus
+from common import jobs
+from common.models import Account
 
 router = APIRouter(tags=["ssd-img2img"])
 
@@ -78,12 +78,9 @@ def cancel_request(
     else:
         raise ApiError(409, f"request {job_id} is changing state; try again")
     balance = session.execute(select(Account.balance).where(Account.id == account.id)).scalar_one()
+    # The transitions send the job-finished notice or the worker's cancel flag once
+    # this commits (common/after_commit.py): whoever they wake finds the row as it is.
     session.commit()
-    # After the commit: whoever is woken must find the row as it is now.
-    if job.status == JobStatus.CANCELLED:
-        notify.publish_job_finished(job.id, JobStatus.CANCELLED)
-    else:
-        cancel_flags.raise_flag(job.id)
     set_remaining_credits(request, balance)
     body = status_body(session, job, settings)
     session.commit()  # status_body may have read: end that transaction too

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -15,11 +16,10 @@ from api.errors import ApiError, error_responses, parse_id
 from api.img2img import live_progress
 from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry, output_urls
 from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
-from common import jobs
+from common import jobs, scheduler
 from common.models import Job, JobStatus
 from common.settings import Settings
 from common.storage import Storage
-from common.tasks import enqueue_job
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ssd-img2img"])
@@ -63,15 +63,8 @@ def submit_v2(
     key = idempotency.parse(idempotency_key, body)
     submitted = idempotency.submit_and_commit(session, store, settings, account, body, key)
     job, balance = submitted.job, submitted.balance
-    if submitted.replayed:  # the key's original request: not charged, not sent again
+    if submitted.replayed:  # the key's original request: not charged again
         response.headers[idempotency.REPLAYED_HEADER] = "true"
-    else:
-        # Enqueue only after the commit: the worker must find the row. If this fails the
-        # job stays QUEUED in PostgreSQL, the source of truth, to be dispatched again.
-        try:
-            enqueue_job(str(job.id))
-        except Exception:
-            logger.exception("could not enqueue job %s; it stays QUEUED", job.id)
     set_remaining_credits(request, balance)
     base = _base_url(request, settings)
     status_url = f"{base}/v2/requests/{job.id}/status"
@@ -96,13 +89,26 @@ def get_status(
     return _json(status_body(session, job, settings).model_dump(), job)
 
 
+def queue_fields(session: Session, job: Job) -> dict[str, Any]:
+    """`queue_position` and, for a queued job, `eta_seconds` from it and the pool's
+    recent pace: neither grows in cost with the queue (common/scheduler.py)."""
+    position = scheduler.queue_position(session, job)
+    if position is None:
+        return {"queue_position": None}
+    pace = scheduler.recent_pace(session, job.queue)
+    return {
+        "queue_position": position,
+        "eta_seconds": pace.eta_seconds(position) if pace is not None else None,
+    }
+
+
 def status_body(session: Session, job: Job, settings: Settings) -> StatusResponse:
     """The status of `job` (also sent by its event stream and by cancel)."""
     expired_at = expiry(job, settings)  # the status still answers after expiry
     return StatusResponse(
         request_id=str(job.id),
         status=job.status.value,
-        queue_position=jobs.queue_position(session, job),
+        **queue_fields(session, job),
         error=job.error,
         created_at=job.created_at.isoformat(),
         started_at=_iso(job.started_at),

@@ -77,7 +77,12 @@ class SubmitResponse(BaseModel):
 class StatusResponse(BaseModel):
     request_id: str
     status: str
-    queue_position: int | None = None
+    queue_position: int | None = Field(
+        default=None,
+        description="QUEUED: how many jobs will start before this one (0 = next), all "
+        "tenants together, in the fair order as it stands now (docs/scheduling.md); "
+        "null otherwise.",
+    )
     error: str | None = None
     created_at: str
     started_at: str | None = None
@@ -102,7 +107,10 @@ class StatusResponse(BaseModel):
         "strength), twice that for second-order schedulers (Heun, DPM2).",
     )
     eta_seconds: float | None = Field(
-        default=None, description="PROCESSING: estimated seconds until denoising ends."
+        default=None,
+        description="PROCESSING: estimated seconds until denoising ends. QUEUED: estimated "
+        "seconds until the job is done, from `queue_position` and the recent pace of the "
+        "GPU workers (null before any job finished recently).",
     )
     cancel_requested: bool = Field(
         default=False, description="Cancelling was asked for (POST .../cancel)."

@@ -1,4 +1,5 @@
-"""Submitting and reading img2img jobs. Never commits: the endpoint does, then enqueues."""
+"""Submitting img2img jobs. Never commits: the endpoint does; the GPU workers are woken
+after that commit (common.tasks.wake_after_commit)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from api.idempotency import IdempotencyKey, check_unused
 from api.image_source import load_image_bytes
 from api.images import ImageError, prepare
 from api.img2img.schemas import MAX_SEED, Img2ImgRequest
-from common import credits, limits, storage
+from common import credits, limits, storage, tasks
 from common.models import Account, Job, JobStatus
+from common.scheduler import job_work
 from common.settings import Settings
 from common.storage import Storage
 from common.urlsafety import UrlError
@@ -99,6 +101,8 @@ def submit(
         id=job_id,
         account_id=account.id,
         status=JobStatus.QUEUED,
+        queue=settings.gpu_queue,
+        work=job_work(params),
         params=params,
         seed=seed,
         cost=cost,
@@ -114,4 +118,6 @@ def submit(
         balance = credits.debit_for_job(session, account.id, job_id, cost)
     except credits.InsufficientCredits as exc:
         raise ApiError(406, str(exc)) from exc
+    # Once committed: a worker must find the row. Lost, it costs WORKER_POLL_SECONDS.
+    tasks.wake_after_commit(session, settings.gpu_queue)
     return job, balance

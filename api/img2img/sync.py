@@ -37,7 +37,6 @@ from common import jobs
 from common.db import session_scope
 from common.models import Account, Job, JobStatus
 from common.storage import Storage
-from common.tasks import enqueue_job
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["ssd-img2img"])
@@ -82,15 +81,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "poll the status URL named in `error` (also in `x-status-url`).",
     },
 }
-
-
-def _enqueue(job_id: uuid.UUID) -> None:
-    # As v2: if this fails the job stays QUEUED in PostgreSQL, to be dispatched again;
-    # this request then waits for it like any other.
-    try:
-        enqueue_job(str(job_id))
-    except Exception:
-        logger.exception("could not enqueue job %s; it stays QUEUED", job_id)
 
 
 def _read_job(job_id: uuid.UUID, account_id: uuid.UUID) -> tuple[Job | None, int | None]:
@@ -171,11 +161,11 @@ async def run_v1(
         headers[idempotency.REPLAYED_HEADER] = "true"
 
     waiters: JobWaiters = job_waiters(request.app)
-    with waiters.register(job.id) as woken:  # before enqueueing: no lost wake-up
-        if submitted.replayed:  # the key's original job: never sent twice; maybe over
-            woken.set()  # already, so read it at once
-        else:
-            await run_in_threadpool(_enqueue, job.id)
+    with waiters.register(job.id) as woken:
+        # A worker may have run the job (it was committed before this waiter existed),
+        # or it is an Idempotency-Key replay of a job over long ago: read it once now,
+        # then at each notice.
+        woken.set()
         final, latest_balance = await _wait(
             woken, job.id, account.id, settings.sync_wait_timeout_seconds
         )

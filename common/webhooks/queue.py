@@ -1,8 +1,9 @@
 """Sending deliveries to the CPU queue, only ever after their rows are committed.
 
-`send_after_commit(session, ids)` is what the job transitions use: the ids ride on the
-session and go to the queue once its transaction commits (nothing goes if it rolls
-back). A message that never arrives is no loss: the sweep finds the row in PostgreSQL.
+`send_after_commit(session, ids)` is what the job transitions use: the ids go to the
+queue once the session's transaction commits, nothing goes if it rolls back
+(common/after_commit.py). A message that never arrives is no loss: the sweep finds the
+row in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
+from functools import partial
 
-from sqlalchemy import event
 from sqlalchemy.orm import Session
+
+from common.after_commit import after_commit
 
 logger = logging.getLogger(__name__)
 
 # Task names; the CPU worker registers them (common/webhooks/tasks.py). Not routed to
-# the GPU queue: everything but RUN_JOB goes to the CPU queue (common/tasks.py).
+# the GPU queue: everything but WAKE_GPU goes to the CPU queue (common/tasks.py).
 DELIVER_WEBHOOK = "ssd_img2img.webhooks.deliver"
 SWEEP_WEBHOOKS = "ssd_img2img.webhooks.sweep"
-
-_PENDING = "webhook_deliveries_to_send"
 
 
 def send_now(delivery_ids: Iterable[uuid.UUID]) -> None:
@@ -37,16 +38,4 @@ def send_now(delivery_ids: Iterable[uuid.UUID]) -> None:
 
 def send_after_commit(session: Session, delivery_ids: Iterable[uuid.UUID]) -> None:
     """Queue these deliveries once `session`'s transaction commits."""
-    pending: list[uuid.UUID] = session.info.setdefault(_PENDING, [])
-    pending.extend(delivery_ids)
-    if not event.contains(session, "after_commit", _after_commit):
-        event.listen(session, "after_commit", _after_commit)
-        event.listen(session, "after_rollback", _after_rollback)
-
-
-def _after_commit(session: Session) -> None:
-    send_now(session.info.pop(_PENDING, []))
-
-
-def _after_rollback(session: Session) -> None:
-    session.info.pop(_PENDING, None)
+    after_commit(session, partial(send_now, list(delivery_ids)))
