@@ -101,12 +101,22 @@ def test_suspend_reactivate_and_limits(live_stack: Stack) -> None:
     assert me(live_stack, key).status_code == 200
 
     set_limits = ("accounts", "set-limits", account_id)
-    limited = cli_json(live_stack, *set_limits, "--rate-limit", "7", "--max-in-flight", "2")
-    assert limited["limits"] == {"rate_limit_per_minute": 7, "max_jobs_in_flight": 2}
+    limited = cli_json(
+        live_stack, *set_limits, "--rate-limit", "7", "--max-in-flight", "2", "--weight", "3"
+    )
+    assert limited["limits"] == {
+        "rate_limit_per_minute": 7,
+        "max_jobs_in_flight": 2,
+        "scheduling_weight": 3,
+    }
     assert me(live_stack, key).json()["limits"] == limited["limits"]
 
-    reset = cli_json(live_stack, *set_limits, "--rate-limit", "default")
-    assert reset["limit_overrides"] == {"rate_limit_per_minute": None, "max_jobs_in_flight": 2}
+    reset = cli_json(live_stack, *set_limits, "--rate-limit", "default", "--weight", "default")
+    assert reset["limit_overrides"] == {
+        "rate_limit_per_minute": None,
+        "max_jobs_in_flight": 2,
+        "scheduling_weight": None,
+    }
 
     assert "--rate-limit" in cli_fails(live_stack, *set_limits).stderr
     assert "not positive" in cli_fails(live_stack, *set_limits, "--max-in-flight", "0").stderr

@@ -65,17 +65,26 @@ def test_limits_are_per_account_with_defaults(live_stack: Stack) -> None:
     assert created["account"]["limit_overrides"] == {
         "rate_limit_per_minute": None,
         "max_jobs_in_flight": None,
+        "scheduling_weight": None,
     }
+    assert defaults["scheduling_weight"] == 1
 
     body = set_limits(live_stack, account_id, max_jobs_in_flight=3)
     assert body["limits"] == {**defaults, "max_jobs_in_flight": 3}
     body = set_limits(live_stack, account_id, rate_limit_per_minute=500)  # the other stays
-    assert body["limits"] == {"rate_limit_per_minute": 500, "max_jobs_in_flight": 3}
+    assert body["limits"] == {**defaults, "rate_limit_per_minute": 500, "max_jobs_in_flight": 3}
+    body = set_limits(live_stack, account_id, scheduling_weight=4)
+    assert body["limits"]["scheduling_weight"] == 4
     assert me(live_stack, key).json()["limits"] == body["limits"]
+    body = set_limits(live_stack, account_id, scheduling_weight=None)
 
     body = set_limits(live_stack, account_id, rate_limit_per_minute=None)  # back to default
     assert body["limits"] == {**defaults, "max_jobs_in_flight": 3}
-    assert body["limit_overrides"] == {"rate_limit_per_minute": None, "max_jobs_in_flight": 3}
+    assert body["limit_overrides"] == {
+        "rate_limit_per_minute": None,
+        "max_jobs_in_flight": 3,
+        "scheduling_weight": None,
+    }
 
     with live_stack.admin() as admin:
         for bad in (
@@ -83,6 +92,8 @@ def test_limits_are_per_account_with_defaults(live_stack: Stack) -> None:
             {"max_jobs_in_flight": 2**31},
             {"rate_limit_per_minute": -1},
             {"rate_limit_per_minute": "5"},
+            {"scheduling_weight": 0},
+            {"scheduling_weight": 1001},
             {"burst": 5},
         ):
             response = admin.patch(f"/accounts/{account_id}/limits", json=bad)

@@ -154,14 +154,18 @@ class BatchRun:
             for job in work.jobs
         ]
         self.started = time.perf_counter()
+        self.generated: float | None = None  # when the pipeline call returned
 
     def _lease_lost_of(self, job_id: uuid.UUID) -> Any:
         return lambda: self.heartbeat.lost(job_id)
 
     def _metrics(self, member: _Member, **extra: Any) -> dict[str, Any]:
+        # The pipeline call's time (until now, for a member that left it early), the
+        # same for every member: what the batch cost, shared by `batch_size` jobs.
+        end = self.generated if self.generated is not None else time.perf_counter()
         return {
             "queue_time": member.job.queue_time,
-            "inference_time": round(time.perf_counter() - self.started, 3),
+            "inference_time": round(end - self.started, 3),
             "batch_size": len(self.members),
             **extra,
         }
@@ -217,6 +221,7 @@ class BatchRun:
                 for member in self._live():
                     self._fail(member, _failure(exc))
                 return
+            self.generated = time.perf_counter()
             for member, result in zip(live, results, strict=True):
                 if not member.ended:
                     self._record(member, result.images)
