@@ -12,12 +12,13 @@ the worker (and so never imports torch).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from functools import lru_cache, partial
 
 from celery import Celery
 from sqlalchemy.orm import Session
 
-from common.after_commit import after_commit
+from common.after_commit import after_commit, state
 from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,13 @@ def wake_gpu_workers(queue: str | None = None, count: int = 1) -> None:
 
 
 def wake_after_commit(session: Session, queue: str, count: int = 1) -> None:
-    """Wake the GPU workers of `queue` once `session`'s transaction commits (once per
-    transaction and queue: the first call's `count` holds)."""
-    after_commit(session, partial(wake_gpu_workers, queue, count), once=(WAKE_GPU, queue))
+    """Wake the GPU workers of `queue` once `session`'s transaction commits: one
+    wake-up per job the transaction queued there (up to MAX_WAKEUPS)."""
+    counts = state(session, WAKE_GPU, Counter[str])
+    counts[queue] += count
+    after_commit(session, partial(_wake_counted, counts), once=WAKE_GPU)
+
+
+def _wake_counted(counts: Counter[str]) -> None:
+    for queue, count in counts.items():
+        wake_gpu_workers(queue, count)

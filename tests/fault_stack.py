@@ -40,7 +40,8 @@ from tests.conftest import ROOT, Stack
 FAST_RECOVERY = {
     "LEASE_SECONDS": "3",  # heartbeat every second
     "RECONCILE_INTERVAL_SECONDS": "1",
-    "REDISPATCH_AFTER_SECONDS": "2",
+    # Recovery never waits for it: workers claim from PostgreSQL and poll it when idle.
+    "REDISPATCH_AFTER_SECONDS": "3600",
     "MAX_ATTEMPTS": "3",
     "DEFAULT_RATE_LIMIT_PER_MINUTE": "1000000",
     "DEFAULT_MAX_JOBS_IN_FLIGHT": "1000000",

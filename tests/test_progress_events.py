@@ -210,6 +210,7 @@ def _drive_step_monitor(job_id: uuid.UUID, account_id: uuid.UUID) -> None:
     # database check.
     with session_scope() as session:
         assert jobs.request_cancel(session, job_id, account_id) is not None
+    cancel_flags.clear(job_id)  # the flag request_cancel raised, lost
     monitor = StepMonitor(job_id, clock=lambda: now[0], cancel_db_check_seconds=5)
     now[0] += 1
     monitor(1, 40)  # no database check yet

@@ -61,14 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     def _finish_running(**_: Any) -> None:
         runner.join()
 
-    if args.ready_file is not None:
-        ready_file: Path = args.ready_file
+    ready_file: Path | None = args.ready_file
 
-        @worker_ready.connect(weak=False)
-        def _ready(**_: object) -> None:
+    # Claims start once Celery is connected and listening: the worker then answers
+    # control messages (pause_claims) before it takes any job.
+    @worker_ready.connect(weak=False)
+    def _ready(**_: object) -> None:
+        runner.start()
+        if ready_file is not None:
             ready_file.write_text("ready\n")
 
-    runner.start()
     # Solo pool: tasks only wake the runner, in this process.
     app.worker_main(
         [
