@@ -242,7 +242,5 @@ def test_concurrent_reconcilers_share_the_work(reconcile_env: dict[str, str]) ->
     handled = [job_id for r in reports for key in ("requeued", "redispatched") for job_id in r[key]]
     assert sorted(handled) == sorted(str(job_id) for job_id in ids.values())
     # One wake-up per job each pass handled, at most MAX_WAKEUPS per pass.
-    expected = sum(
-        min(len(r["requeued"]) + len(r["redispatched"]), MAX_WAKEUPS) for r in reports
-    )
+    expected = sum(min(len(r["requeued"]) + len(r["redispatched"]), MAX_WAKEUPS) for r in reports)
     assert wake_ups(reconcile_env) == expected
