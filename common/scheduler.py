@@ -233,13 +233,14 @@ def has_queued(session: Session, queue: str) -> bool:
 
 # The jobs that will start before a queued job, as far as the fair order knows now: the
 # jobs ahead of it in its account's line, plus, for every other account with queued
-# work, those of its jobs whose virtual start comes before this job's. Costs one look-up
-# in the job's own line (the line's head) and one pass over the accounts with queued
-# work whose pass is below the job's virtual start: never over the queued jobs.
+# work, those of its jobs whose virtual start (pass + k × mean work / weight) comes
+# before this job's; at an equal start, the older job goes first (as in `plan`), judged
+# by the other account's line head. Costs one look-up in the job's own line and one per
+# account whose pass is below the job's virtual start: never a pass over queued jobs.
 _POSITION = text(
     """
     WITH me AS (
-        SELECT j.account_id, j.queue, q.pass, q.queued, q.queued_work,
+        SELECT j.account_id, j.queue, j.created_at, q.pass, q.queued, q.queued_work,
                coalesce(a.scheduling_weight, 1) AS weight,
                least(greatest(j.queue_seq - (
                    SELECT h.queue_seq FROM jobs AS h
@@ -252,14 +253,26 @@ _POSITION = text(
         WHERE j.id = :id AND j.status = 'QUEUED'
     ), mine AS (
         SELECT *, pass + ahead * queued_work / greatest(queued, 1) / weight AS vstart FROM me
+    ), tol AS (
+        -- passes are sums of floats: equal starts may differ in the last bits
+        SELECT *, 1e-9 * greatest(1.0, abs(vstart)) AS eps FROM mine
     )
-    SELECT mine.ahead + coalesce((
-        SELECT sum(least(o.queued, ceil((mine.vstart - o.pass) / greatest(
-                   o.queued_work / o.queued / coalesce(oa.scheduling_weight, 1), 1e-9))))
-        FROM account_queues AS o JOIN accounts AS oa ON oa.id = o.account_id
-        WHERE o.queue = mine.queue AND o.queued > 0 AND o.pass < mine.vstart
-          AND o.account_id <> mine.account_id), 0)
-    FROM mine
+    SELECT tol.ahead + coalesce((
+        SELECT sum(least(o.queued, greatest(0, CASE
+            WHEN (SELECT h.created_at FROM jobs AS h
+                  WHERE h.account_id = o.account_id AND h.queue = o.queue
+                    AND h.status = 'QUEUED'
+                  ORDER BY h.queue_seq LIMIT 1) < tol.created_at
+            THEN floor((tol.vstart + tol.eps - o.pass) / o.step) + 1
+            ELSE ceil((tol.vstart - tol.eps - o.pass) / o.step) END)))
+        FROM (SELECT q.account_id, q.queue, q.pass, q.queued,
+                     greatest(q.queued_work / q.queued / coalesce(a.scheduling_weight, 1),
+                              1e-9) AS step
+              FROM account_queues AS q JOIN accounts AS a ON a.id = q.account_id
+              WHERE q.queue = tol.queue AND q.queued > 0
+                AND q.pass <= tol.vstart + tol.eps AND q.account_id <> tol.account_id) AS o
+        ), 0)
+    FROM tol
     """
 )
 
@@ -268,8 +281,9 @@ def queue_position(session: Session, job: Job) -> int | None:
     """How many jobs will start before `job` (0 = it is next), or None if not queued.
 
     An estimate in the fair order as it stands now: later arrivals of accounts with
-    little use may still go first, and a job cancelled ahead in its own line is counted
-    until its line's head passes it. Only a count is revealed, never whose jobs.
+    little use may still go first, a job cancelled ahead in its own line is counted
+    until its line's head passes it, and accounts' job sizes are taken at their mean.
+    Only a count is revealed, never whose jobs.
     """
     if job.status != JobStatus.QUEUED:
         return None

@@ -95,7 +95,9 @@ def test_a_lone_job_starts_after_at_most_one_more_job_of_a_long_backlog(
         with gpu_workers_paused():
             backlog = submit(a, 24, **QUICK)
             (lone,) = submit(b, 1, **OTHER_SHAPE)
-        status_url = f"/v2/requests/{lone}/status"
+            status_url = f"/v2/requests/{lone}/status"
+            # What B is told while it waits: one job (A's head) goes first.
+            assert b.get(status_url).json()["queue_position"] == 1
         assert wait_terminal(b, status_url)["status"] == "COMPLETED"
         ahead = started_before(lone, backlog)
         cancel_queued(a, backlog)
