@@ -48,8 +48,6 @@ from common.schedulers import SECOND_ORDER_SCHEDULERS
 
 # Work unit: one denoising step of one 1024×1024 image (UNet cost grows with the pixels).
 _UNIT_PIXELS = 1024 * 1024
-# Claims that found every planned job taken by a concurrent claimer try again this often.
-CLAIM_TRIES = 4
 
 
 def job_work(params: dict[str, Any]) -> float:
@@ -156,27 +154,31 @@ def plan(
     return [c.job_id for c in chosen]
 
 
-_CANDIDATES = text(
-    """
+# The accounts with the least pass, and the first queued jobs of each. Both locked as
+# they are read, skipping what another claim holds: concurrent claims then take
+# different accounts (each claim charges its account's row, so two claims of one
+# account would queue on that row) and never plan the same job.
+_CANDIDATES = """
     SELECT q.account_id, q.pass, coalesce(a.scheduling_weight, 1) AS weight,
-           j.id, j.batch_key, j.work, (j.params ->> 'samples')::int AS images, j.created_at
+           j.id, j.batch_key, j.work, j.images, j.created_at
     FROM (SELECT account_id, pass FROM account_queues
           WHERE queue = :queue AND queued > 0
-          ORDER BY pass, account_id LIMIT :accounts) AS q
+          ORDER BY pass, account_id LIMIT :accounts {account_lock}) AS q
     JOIN accounts AS a ON a.id = q.account_id
     CROSS JOIN LATERAL (
-        SELECT id, batch_key, work, params, created_at, queue_seq FROM jobs
+        SELECT id, batch_key, work, (params ->> 'samples')::int AS images, created_at,
+               queue_seq
+        FROM jobs
         WHERE jobs.account_id = q.account_id AND jobs.queue = :queue
-          AND jobs.status = 'QUEUED' AND jobs.id <> ALL(CAST(:skip AS uuid[]))
-        ORDER BY queue_seq LIMIT :per_account) AS j
+          AND jobs.status = 'QUEUED'
+        ORDER BY queue_seq LIMIT :per_account
+        FOR UPDATE SKIP LOCKED) AS j
     ORDER BY q.pass, q.account_id, j.queue_seq
-    """
-)
-
-_LOCK = text(
-    "SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'QUEUED' "
-    "FOR UPDATE SKIP LOCKED"
-)
+"""
+_CANDIDATES_OWN_ACCOUNTS = text(_CANDIDATES.format(account_lock="FOR NO KEY UPDATE SKIP LOCKED"))
+# When every account with queued work is held by other claims (fewer busy accounts than
+# claiming workers): share an account; its row is then waited for, for a commit's time.
+_CANDIDATES_SHARED = text(_CANDIDATES.format(account_lock=""))
 
 
 def claim_next(
@@ -188,36 +190,26 @@ def claim_next(
 ) -> list[Job]:
     """Claim the next work of worker pool `queue`: the fair order's next job and, with
     `max_images` > 1, its batch companions; all leased to `lease_owner`. Returns the
-    jobs now PROCESSING, head first; [] when nothing is queued (or everything queued is
-    being claimed by others this instant). Commit promptly: the rows are locked."""
+    jobs now PROCESSING, head first; [] when nothing is queued (or everything at the
+    head of the queue is being claimed by others this instant). Commit promptly: the
+    rows read are locked until then."""
     accounts = max(2, max_images + 1)
     per_account = max(1, max_images)
-    skip: list[uuid.UUID] = []
-    for _ in range(CLAIM_TRIES):
-        rows = session.execute(
-            _CANDIDATES,
-            {"queue": queue, "accounts": accounts, "per_account": per_account, "skip": skip},
-        ).all()
-        if not rows:
-            return []
-        candidates = [Candidate(*row) for row in rows]
-        seen_accounts = {c.account_id for c in candidates}
-        planned = plan(
-            candidates,
-            max_images,
-            per_account=per_account,
-            accounts_cut=len(seen_accounts) >= accounts,
-        )
-        # Locked by a concurrent claim: skipped, never waited for.
-        locked = set(session.execute(_LOCK, {"ids": planned}).scalars())
-        chosen = [job_id for job_id in planned if job_id in locked]
-        if chosen:
-            started = {
-                job.id: job for job in jobs.start(session, chosen, lease_owner, lease_seconds)
-            }
-            return [started[job_id] for job_id in chosen if job_id in started]
-        skip.extend(planned)
-    return []
+    params = {"queue": queue, "accounts": accounts, "per_account": per_account}
+    rows = session.execute(_CANDIDATES_OWN_ACCOUNTS, params).all()
+    if not rows:
+        rows = session.execute(_CANDIDATES_SHARED, params).all()
+    if not rows:
+        return []
+    candidates = [Candidate(*row) for row in rows]
+    chosen = plan(
+        candidates,
+        max_images,
+        per_account=per_account,
+        accounts_cut=len({c.account_id for c in candidates}) >= accounts,
+    )
+    started = {job.id: job for job in jobs.start(session, chosen, lease_owner, lease_seconds)}
+    return [started[job_id] for job_id in chosen if job_id in started]
 
 
 def has_queued(session: Session, queue: str) -> bool:
@@ -259,15 +251,19 @@ _POSITION = text(
     )
     SELECT tol.ahead + coalesce((
         SELECT sum(least(o.queued, greatest(0, CASE
-            WHEN (SELECT h.created_at FROM jobs AS h
-                  WHERE h.account_id = o.account_id AND h.queue = o.queue
-                    AND h.status = 'QUEUED'
-                  ORDER BY h.queue_seq LIMIT 1) < tol.created_at
-            THEN floor((tol.vstart + tol.eps - o.pass) / o.step) + 1
-            ELSE ceil((tol.vstart - tol.eps - o.pass) / o.step) END)))
-        FROM (SELECT q.account_id, q.queue, q.pass, q.queued,
-                     greatest(q.queued_work / q.queued / coalesce(a.scheduling_weight, 1),
-                              1e-9) AS step
+            -- an equal start (rare): only then is the other line's head looked up
+            WHEN abs(o.x - round(o.x)) <= 1e-6 AND (
+                SELECT h.created_at FROM jobs AS h
+                WHERE h.account_id = o.account_id AND h.queue = o.queue
+                  AND h.status = 'QUEUED'
+                ORDER BY h.queue_seq LIMIT 1) < tol.created_at
+            THEN round(o.x) + 1
+            ELSE ceil(o.x - 1e-6) END)))
+        FROM (SELECT q.account_id, q.queue, q.queued,
+                     -- how many of its jobs' starts fit before this job's
+                     (tol.vstart - q.pass) / greatest(
+                         q.queued_work / q.queued / coalesce(a.scheduling_weight, 1),
+                         1e-9) AS x
               FROM account_queues AS q JOIN accounts AS a ON a.id = q.account_id
               WHERE q.queue = tol.queue AND q.queued > 0
                 AND q.pass <= tol.vstart + tol.eps AND q.account_id <> tol.account_id) AS o
