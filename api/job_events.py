@@ -52,7 +52,11 @@ def swept_states(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, SweptState]:
         positions = scheduler.queue_positions(
             session, [job_id for job_id, status in rows if status == JobStatus.QUEUED]
         )
-    return {job_id: SweptState(status, positions.get(job_id)) for job_id, status in rows}
+    # A queued job missing from `positions` was claimed between the two reads: it is next.
+    return {
+        job_id: SweptState(status, positions.get(job_id, 0) if status == JobStatus.QUEUED else None)
+        for job_id, status in rows
+    }
 
 
 class Inbox:

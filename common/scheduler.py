@@ -284,11 +284,13 @@ def queue_position(session: Session, job: Job) -> int | None:
     if job.status != JobStatus.QUEUED:
         return None
     position = session.execute(_POSITION, {"id": job.id}).scalar_one_or_none()
-    return None if position is None else int(position)
+    # None: claimed since `job` was read (each statement sees the latest commits): next.
+    return 0 if position is None else int(position)
 
 
 def queue_positions(session: Session, job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, int]:
-    """`queue_position` of each of `job_ids` that is QUEUED (one query each)."""
+    """`queue_position` of each of `job_ids` still QUEUED (one query each); a job claimed
+    meanwhile is missing."""
     positions: dict[uuid.UUID, int] = {}
     for job_id in job_ids:
         position = session.execute(_POSITION, {"id": job_id}).scalar_one_or_none()

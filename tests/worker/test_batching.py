@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from diffusers import DPMSolverSDEScheduler, StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
 from common.schedulers import SCHEDULER_NAMES
+from tests.worker import requests
 from worker import pipeline as pipeline_module
 from worker.pipeline import (
     GenerationRequest,
@@ -53,18 +53,11 @@ def source(seed: int, size: int = SIZE) -> Image.Image:
 
 
 def make_request(**changes: Any) -> GenerationRequest:
-    request = GenerationRequest(
-        image=source(0),
-        prompt="a lighthouse at dusk",
-        negative_prompt=None,
-        samples=1,
-        num_inference_steps=10,
-        guidance_scale=7.5,
-        strength=0.6,
-        seed=1234,
-        scheduler="Euler a",
-    )
-    return dataclasses.replace(request, **changes)
+    """The shared request, on this file's own defaults (fewer steps, an ancestral
+    scheduler: noise drawn at every step)."""
+    image = changes.pop("image", source(0))
+    defaults = {"num_inference_steps": 10, "strength": 0.6, "scheduler": "Euler a"}
+    return requests.make_request(image, **{**defaults, **changes})
 
 
 def three_requests(scheduler: str) -> list[GenerationRequest]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,9 +16,9 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image
 
 from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from tests.worker.requests import make_request
 from worker import pipeline as pipeline_module
 from worker.pipeline import (
-    GenerationRequest,
     ModelLoadError,
     generate,
     load_pipeline,
@@ -52,21 +50,6 @@ def source() -> Image.Image:
     gradient = np.linspace(0, 255, SIZE, dtype=np.float32)[None, :, None]
     pixels = np.clip(gradient + rng.normal(0, 40, (SIZE, SIZE, 3)), 0, 255)
     return Image.fromarray(pixels.astype(np.uint8))
-
-
-def make_request(image: Image.Image, **changes: Any) -> GenerationRequest:
-    request = GenerationRequest(
-        image=image,
-        prompt="a lighthouse at dusk",
-        negative_prompt=None,
-        samples=1,
-        num_inference_steps=20,
-        guidance_scale=7.5,
-        strength=0.3,
-        seed=1234,
-        scheduler="Euler",
-    )
-    return dataclasses.replace(request, **changes)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
