@@ -58,11 +58,6 @@ def _listen(session: Session) -> None:
         event.listen(session, "after_rollback", _drop)
 
 
-def pending(session: Session) -> int:
-    """How many actions wait for the commit (for tests and logs)."""
-    return len(session.info.get(_ACTIONS, {}))
-
-
 def _run(session: Session) -> None:
     session.info.pop(_STATE, None)
     for action in session.info.pop(_ACTIONS, {}).values():

@@ -212,15 +212,6 @@ def claim_next(
     return [started[job_id] for job_id in chosen if job_id in started]
 
 
-def has_queued(session: Session, queue: str) -> bool:
-    """Whether pool `queue` has queued work (one index probe)."""
-    found = session.execute(
-        text("SELECT 1 FROM account_queues WHERE queue = :queue AND queued > 0 LIMIT 1"),
-        {"queue": queue},
-    ).first()
-    return found is not None
-
-
 # --------------------------------------------------------------- position and ETA
 
 # The jobs that will start before a queued job, as far as the fair order knows now: the
