@@ -11,8 +11,18 @@ reads `queue_position` of queued jobs. Reports claims/s, claim latency, the fair
 achieved among the accounts that stayed backlogged, and the CPU PostgreSQL and the
 bench used.
 
-Usage: .venv/bin/python -m bench.scheduler_scale [--workers 64] [--processes 4]
-       [--seconds 30] [--max-images 1] [--jobs 100000]
+Two clients: `--client sql` (default) sends the service path's statements (the claim's
+candidate query and `plan` from common/scheduler.py, then the UPDATEs, savepoints and
+webhook-endpoint look-ups that jobs.start / leases.renew_all / jobs.complete send, as
+SQLAlchemy logs them) through plain psycopg, so that the client's CPU, which in service
+is on 64 other machines, leaves this machine's cores to PostgreSQL; `--client service`
+runs the service code itself (SQLAlchemy ORM, after-commit Redis notices) and measures
+mostly Python. `--rate R` paces the workers to R claims/s in all (a GPU's run between
+claims), to read latency at a given load; 0 (default) is a closed loop: as fast as
+they go.
+
+Usage: .venv/bin/python -m bench.scheduler_scale [--client sql|service] [--rate 0]
+       [--workers 64] [--processes 2] [--seconds 30] [--max-images 1] [--jobs 100000]
 """
 
 from __future__ import annotations
@@ -21,19 +31,22 @@ import argparse
 import multiprocessing as mp
 import os
 import platform
-import statistics
+import random
+import re
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = "gpu"
 HEAVY_ACCOUNTS = 5
+CORES = os.cpu_count() or 1
 
 # job_work (common/scheduler.py) in SQL, for the bulk load: samples × denoising steps ×
 # (2 for second-order schedulers) × pixels / 1024².
@@ -137,50 +150,187 @@ def _ms(values: list[float], *quantiles: float) -> str:
     return " / ".join(f"{_pct(values, q):.1f}" for q in quantiles)
 
 
+# What the service path sends besides the candidate query (common/scheduler.py), as
+# SQLAlchemy logs it: jobs.start, the webhook outbox look-up of record_job_event (in a
+# savepoint, per job and transition), leases.renew_all and jobs.complete.
+_START = """
+    UPDATE jobs SET status = 'PROCESSING', attempts = jobs.attempts + 1,
+        lease_owner = %(owner)s, lease_expires_at = now() + %(lease)s,
+        started_at = now(), updated_at = now()
+    WHERE jobs.id = ANY(%(ids)s) AND (jobs.status || '') IN ('QUEUED') RETURNING jobs.*
+"""
+_ENDPOINTS = """
+    SELECT webhook_endpoints.id, webhook_endpoints.url, webhook_endpoints.events
+    FROM webhook_endpoints
+    WHERE webhook_endpoints.account_id = %(account)s AND webhook_endpoints.enabled IS true
+"""
+_RENEW = """
+    UPDATE jobs SET lease_expires_at = now() + %(lease)s, updated_at = now()
+    WHERE jobs.id = ANY(%(ids)s) AND (jobs.status || '') IN ('PROCESSING')
+      AND jobs.lease_owner = %(owner)s RETURNING jobs.id
+"""
+_COMPLETE = """
+    UPDATE jobs SET status = 'COMPLETED', output_keys = '[]', error = NULL,
+        metrics = %(metrics)s, finished_at = now(), updated_at = now()
+    WHERE jobs.id = %(id)s AND (jobs.status || '') IN ('PROCESSING')
+      AND (jobs.status || '') IN ('PROCESSING') AND jobs.lease_owner = %(owner)s RETURNING jobs.*
+"""
+
+
+def _psycopg_params(sql: str) -> str:
+    """A SQLAlchemy text() statement's :name parameters as psycopg's %(name)s."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+
+
+class _SqlCycle:
+    """One simulated worker's claim → renew → complete over plain psycopg."""
+
+    def __init__(self, url: str, owner: str, max_images: int) -> None:
+        import psycopg
+
+        from common import scheduler
+
+        self.conn = psycopg.connect(url)
+        self.owner = owner
+        self.max_images = max_images
+        self.lease = timedelta(seconds=60)
+        self.own = _psycopg_params(scheduler._CANDIDATES_OWN_ACCOUNTS.text)
+        self.shared = _psycopg_params(scheduler._CANDIDATES_SHARED.text)
+        self.scheduler = scheduler
+
+    def _outbox_lookup(self, account_id: uuid.UUID) -> None:
+        self.conn.execute("SAVEPOINT sa_savepoint_1")
+        self.conn.execute(_ENDPOINTS, {"account": account_id}).fetchall()
+        self.conn.execute("RELEASE SAVEPOINT sa_savepoint_1")
+
+    def claim(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Claimed (job id, account id) pairs, committed."""
+        accounts = max(2, self.max_images + 1)
+        per_account = max(1, self.max_images)
+        params = {"queue": POOL, "accounts": accounts, "per_account": per_account}
+        with self.conn.transaction():
+            rows = self.conn.execute(self.own, params).fetchall()
+            if not rows:
+                rows = self.conn.execute(self.shared, params).fetchall()
+            if not rows:
+                return []
+            candidates = [self.scheduler.Candidate(*row) for row in rows]
+            chosen = self.scheduler.plan(
+                candidates,
+                self.max_images,
+                per_account=per_account,
+                accounts_cut=len({c.account_id for c in candidates}) >= accounts,
+            )
+            cur = self.conn.execute(
+                _START, {"owner": self.owner, "lease": self.lease, "ids": chosen}
+            )
+            started = [(row[0], row[1]) for row in cur.fetchall()]
+            for _, account_id in started:
+                self._outbox_lookup(account_id)
+        return started
+
+    def renew(self, ids: list[uuid.UUID]) -> None:
+        with self.conn.transaction():
+            params = {"owner": self.owner, "lease": self.lease, "ids": ids}
+            self.conn.execute(_RENEW, params).fetchall()
+
+    def complete(self, job_id: uuid.UUID, account_id: uuid.UUID) -> None:
+        from psycopg.types.json import Jsonb
+
+        with self.conn.transaction():
+            params = {"id": job_id, "owner": self.owner, "metrics": Jsonb({"bench": True})}
+            if self.conn.execute(_COMPLETE, params).fetchone() is not None:
+                self._outbox_lookup(account_id)
+
+
+class _ServiceCycle:
+    """The same cycle through the service code (common.scheduler, leases, jobs)."""
+
+    def __init__(self, owner: str, max_images: int) -> None:
+        from common import db, jobs, leases, scheduler
+
+        self.db, self.jobs, self.leases, self.scheduler = db, jobs, leases, scheduler
+        self.owner = owner
+        self.max_images = max_images
+
+    def claim(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        with self.db.session_scope() as session:
+            claimed = self.scheduler.claim_next(session, POOL, self.owner, 60, self.max_images)
+            return [(job.id, job.account_id) for job in claimed]
+
+    def renew(self, ids: list[uuid.UUID]) -> None:
+        with self.db.session_scope() as session:
+            self.leases.renew_all(session, ids, self.owner, 60)
+
+    def complete(self, job_id: uuid.UUID, account_id: uuid.UUID) -> None:
+        with self.db.session_scope() as session:
+            self.jobs.complete(session, job_id, [], {"bench": True}, lease_owner=self.owner)
+
+
 def _worker_process(
-    env: dict[str, str], threads: int, seconds: float, max_images: int, out: Any
+    env: dict[str, str],
+    client: str,
+    threads: int,
+    seconds: float,
+    period: float,
+    max_images: int,
+    out: Any,
 ) -> None:
-    """`threads` simulated GPU workers in one process; sends back their latencies."""
+    """`threads` simulated GPU workers in one process; sends back their latencies.
+    `period`: seconds from one claim of a worker to its next (0: no pause)."""
     os.environ.update(env)
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
-    from common import db, jobs, leases, scheduler
+    from common import db
 
-    # One pool big enough for every thread of this process (common/db.py's is 10 + 20).
-    engine = create_engine(env["DATABASE_URL"], pool_size=threads, max_overflow=0)
-    factory = sessionmaker(engine, expire_on_commit=False)
-    db.get_session_factory.cache_clear()
-    db.get_session_factory = lambda url=None: factory  # type: ignore[assignment,misc]
+    if client == "service":
+        # One pool big enough for every thread of this process (common/db.py's is 10 + 20).
+        engine = create_engine(env["DATABASE_URL"], pool_size=threads, max_overflow=0)
+        factory = sessionmaker(engine, expire_on_commit=False)
+        db.get_session_factory.cache_clear()
+        db.get_session_factory = lambda url=None: factory  # type: ignore[assignment,misc]
+    url = env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
 
     claim_ms: list[float] = []
     renew_ms: list[float] = []
     complete_ms: list[float] = []
     empty = [0]
     lock = threading.Lock()
-    deadline = time.monotonic() + seconds
+    ready = threading.Barrier(threads + 1)
+    begin = [0.0]
 
     def loop(index: int) -> None:
-        mine_claim, mine_renew, mine_complete = [], [], []
         owner = f"bench-{os.getpid()}-{index}"
-        while time.monotonic() < deadline:
+        cycle: _SqlCycle | _ServiceCycle = (
+            _SqlCycle(url, owner, max_images)
+            if client == "sql"
+            else _ServiceCycle(owner, max_images)
+        )
+        mine_claim, mine_renew, mine_complete = [], [], []
+        ready.wait()
+        deadline = begin[0] + seconds
+        # Paced workers start spread over one period, as GPUs finishing at random.
+        next_claim = begin[0] + random.random() * period
+        while True:
+            if period:
+                time.sleep(max(0.0, next_claim - time.monotonic()))
+                next_claim += period
+            if time.monotonic() >= deadline:
+                break
             start = time.perf_counter()
-            with db.session_scope() as session:
-                claimed = scheduler.claim_next(session, POOL, owner, 60, max_images)
-                ids = [job.id for job in claimed]
+            claimed = cycle.claim()
             mine_claim.append((time.perf_counter() - start) * 1000)
-            if not ids:
+            if not claimed:
                 with lock:
                     empty[0] += 1
                 continue
             start = time.perf_counter()
-            with db.session_scope() as session:
-                leases.renew_all(session, ids, owner, 60)
+            cycle.renew([job_id for job_id, _ in claimed])
             mine_renew.append((time.perf_counter() - start) * 1000)
-            for job_id in ids:
+            for job_id, account_id in claimed:
                 start = time.perf_counter()
-                with db.session_scope() as session:
-                    jobs.complete(session, job_id, [], {"bench": True}, lease_owner=owner)
+                cycle.complete(job_id, account_id)
                 mine_complete.append((time.perf_counter() - start) * 1000)
         with lock:
             claim_ms.extend(mine_claim)
@@ -190,6 +340,9 @@ def _worker_process(
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
     for t in workers:
         t.start()
+    cpu_before = time.process_time()  # after imports and connections
+    begin[0] = time.monotonic()
+    ready.wait()
     for t in workers:
         t.join()
     out.put(
@@ -198,7 +351,7 @@ def _worker_process(
             "renew": renew_ms,
             "complete": complete_ms,
             "empty": empty[0],
-            "cpu": time.process_time(),
+            "cpu": time.process_time() - cpu_before,
         }
     )
 
@@ -251,7 +404,9 @@ def _poll_positions(seconds: float, results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=64)
-    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--client", choices=("sql", "service"), default="sql")
+    parser.add_argument("--rate", type=float, default=0, help="claims/s in all; 0: closed loop")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--max-images", type=int, default=1)
     parser.add_argument("--accounts", type=int, default=1000)
@@ -311,10 +466,11 @@ def main() -> None:
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
         per_process = args.workers // args.processes
+        period = args.workers / args.rate if args.rate else 0.0
         procs = [
             ctx.Process(
                 target=_worker_process,
-                args=(env, per_process, args.seconds, args.max_images, out),
+                args=(env, args.client, per_process, args.seconds, period, args.max_images, out),
             )
             for _ in range(args.processes)
         ]
@@ -324,7 +480,8 @@ def main() -> None:
         empty = 0
         bench_cpu = 0.0
         for _ in procs:
-            got = out.get()
+            # A worker process that died sends nothing: give up rather than hang.
+            got = out.get(timeout=args.seconds + 120)
             for key in ("claim", "renew", "complete"):
                 gathered[key].extend(got[key])
             empty += got["empty"]
@@ -346,11 +503,12 @@ def main() -> None:
                     "FROM accounts a JOIN jobs j ON j.account_id = a.id GROUP BY a.id"
                 )
             ).all()
-        # Backlogged throughout: still had queued jobs at the end.
-        backlogged = [(w, work) for _, w, n, work, left in served if left > 0 and n > 0]
-        normalised = [work / w for w, work in backlogged]
-        mean = statistics.mean(normalised) if normalised else float("nan")
-        deviation = max(abs(x / mean - 1) for x in normalised) if normalised else float("nan")
+        # Backlogged throughout: still had queued jobs at the end. Weighted fair queuing
+        # keeps their served work / weight within about one job's work of each other.
+        backlogged = [work / w for _, w, n, work, left in served if left > 0 and n > 0]
+        with session_scope() as session:
+            largest = session.execute(text("SELECT max(work) FROM jobs")).scalar_one()
+        spread = (max(backlogged) - min(backlogged)) / largest if backlogged else float("nan")
         jobs_done = sum(n for _, _, n, _, _ in served)
         claims = len(gathered["claim"]) - empty
 
@@ -365,13 +523,14 @@ def main() -> None:
             f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"commit {commit}; {args.accounts} accounts, {queued} queued jobs "
             f"(loaded in {load_seconds:.0f} s), {args.workers} workers in "
-            f"{args.processes} processes, max_images {args.max_images}, {elapsed:.0f} s"
+            f"{args.processes} processes, client {args.client}, "
+            f"rate {args.rate or 'closed loop'}, max_images {args.max_images}, {elapsed:.0f} s"
         )
         claim = gathered["claim"]
         lat = positions.get("latencies", [])
         rows = [
-            ("claims/s (that got work)", f"{claims / elapsed:.0f}"),
-            ("jobs claimed/s", f"{jobs_done / elapsed:.0f}"),
+            ("claims/s (that got work)", f"{claims / args.seconds:.0f}"),
+            ("jobs claimed/s", f"{jobs_done / args.seconds:.0f}"),
             ("empty claims (all planned jobs taken by others)", f"{empty}"),
             (
                 "claim p50 / p95 / p99 ms",
@@ -394,12 +553,16 @@ def main() -> None:
                 f"{positions.get('buffers_start')} / {positions.get('buffers_end')}",
             ),
             (
-                "fairness: backlogged accounts, max deviation of work/weight from mean",
-                f"{len(backlogged)} accounts, {deviation:.1%}",
+                "fairness: served work/weight of the backlogged accounts, max − min, "
+                "in units of the largest job",
+                f"{len(backlogged)} accounts, {spread:.2f}",
             ),
-            ("PostgreSQL CPU (share of 2 cores)", f"{pg_cpu / elapsed / 2:.0%}"),
-            ("bench worker processes CPU (share of 2 cores)", f"{bench_cpu / elapsed / 2:.0%}"),
-            ("bench main process CPU", f"{me_cpu / elapsed / 2:.0%}"),
+            ("PostgreSQL CPU (share of the cores)", f"{pg_cpu / args.seconds / CORES:.0%}"),
+            (
+                "bench worker processes CPU (share of the cores)",
+                f"{bench_cpu / args.seconds / CORES:.0%}",
+            ),
+            ("bench main process CPU", f"{me_cpu / elapsed / CORES:.0%}"),
         ]
         print("| figure | value |\n|---|---|")
         for name, value in rows:

@@ -18,6 +18,7 @@ from datetime import timedelta
 from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
+from common.jobs import in_state
 from common.models import Job, JobStatus
 
 
@@ -45,7 +46,7 @@ def renew_all(
         update(Job)
         .where(
             Job.id.in_(job_ids),
-            Job.status == JobStatus.PROCESSING,
+            in_state(JobStatus.PROCESSING),
             Job.lease_owner == owner,
         )
         .values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds))

@@ -101,7 +101,7 @@ def take_back_expired(
     if requeue:
         session.execute(
             update(Job)
-            .where(Job.id.in_(requeue), Job.status == JobStatus.PROCESSING)
+            .where(Job.id.in_(requeue), jobs.in_state(JobStatus.PROCESSING))
             .values(
                 status=JobStatus.QUEUED,
                 lease_owner=None,
@@ -140,7 +140,7 @@ def redispatch_lost(
     if ids:
         session.execute(
             update(Job)
-            .where(Job.id.in_(ids), Job.status == JobStatus.QUEUED)
+            .where(Job.id.in_(ids), jobs.in_state(JobStatus.QUEUED))
             .values(dispatched_at=func.now(), dispatch_count=Job.dispatch_count + 1)
         )
         report.redispatched.extend(ids)

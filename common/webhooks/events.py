@@ -140,11 +140,17 @@ def record_job_event(
     status in the payload); `job.*` names work too.
     """
     kind = event_type(kind)
+    # Most jobs have no listener: then an event costs this one SELECT, on every
+    # transition of every job (the claim path, docs/scheduling.md "Scale").
+    found = targets(session, job, kind)
+    if not found:
+        return []
     try:
-        # A savepoint: should recording fail (a bug, a schema out of date), the job's
-        # own change still commits. A job stuck PROCESSING is worse than a lost webhook.
+        # The writes in a savepoint: should they fail (a bug, a schema out of date), the
+        # job's own change still commits. A job stuck PROCESSING is worse than a lost
+        # webhook.
         with session.begin_nested():
-            ids = _insert_deliveries(session, job, kind, progress)
+            ids = _insert_deliveries(session, job, kind, found, progress)
     except Exception:
         logger.exception("could not record the %s webhooks of job %s", kind.value, job.id)
         return []
@@ -153,11 +159,12 @@ def record_job_event(
 
 
 def _insert_deliveries(
-    session: Session, job: Job, kind: WebhookEventType, progress: dict[str, int] | None
+    session: Session,
+    job: Job,
+    kind: WebhookEventType,
+    found: list[Target],
+    progress: dict[str, int] | None,
 ) -> list[uuid.UUID]:
-    found = targets(session, job, kind)
-    if not found:
-        return []
     webhook_id = new_webhook_id()
     payload = {"type": kind.value, "timestamp": iso_now(), "data": job_data(job, progress)}
     ids = [uuid.uuid4() for _ in found]
