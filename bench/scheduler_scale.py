@@ -12,22 +12,24 @@ achieved among the accounts that stayed backlogged, and the CPU PostgreSQL and t
 bench used.
 
 Two clients: `--client sql` (default) sends the service path's statements (the claim's
-candidate query and `plan` from common/scheduler.py, then the UPDATEs, savepoints and
+candidate query and `plan` from common/scheduler.py, then the UPDATEs and
 webhook-endpoint look-ups that jobs.start / leases.renew_all / jobs.complete send, as
-SQLAlchemy logs them) through plain psycopg, so that the client's CPU, which in service
-is on 64 other machines, leaves this machine's cores to PostgreSQL; `--client service`
+SQLAlchemy logs them) through plain psycopg, 64 coroutines on one event loop, so that
+the client's CPU, which in service is on 64 other machines, leaves this machine's cores
+to PostgreSQL; `--client service` (a thread per worker, `--processes 4` spreads them)
 runs the service code itself (SQLAlchemy ORM, after-commit Redis notices) and measures
 mostly Python. `--rate R` paces the workers to R claims/s in all (a GPU's run between
 claims), to read latency at a given load; 0 (default) is a closed loop: as fast as
 they go.
 
 Usage: .venv/bin/python -m bench.scheduler_scale [--client sql|service] [--rate 0]
-       [--workers 64] [--processes 2] [--seconds 30] [--max-images 1] [--jobs 100000]
+       [--workers 64] [--processes 1] [--seconds 30] [--max-images 1] [--jobs 100000]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing as mp
 import os
 import platform
@@ -39,6 +41,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -111,32 +114,32 @@ def _postgres_pids() -> list[int]:
 
 
 class _PostgresCpu(threading.Thread):
-    """CPU seconds the PostgreSQL processes spent while it ran: sampled every 0.2 s,
-    since backends come and go with the workers' connections."""
+    """CPU seconds the PostgreSQL processes spend, sampled every 0.2 s (backends come
+    and go with the workers' connections), so that any window of the run can be read."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
+        self.samples: list[tuple[float, dict[int, float]]] = []
         self._stop_event = threading.Event()
 
-    def _sample(self, initial: bool) -> None:
-        for pid in _postgres_pids():
-            cpu = _cpu_seconds([pid])
-            self.last[pid] = cpu
-            if initial:
-                self.first[pid] = cpu
+    def _sample(self) -> None:
+        self.samples.append((time.monotonic(), {p: _cpu_seconds([p]) for p in _postgres_pids()}))
 
     def run(self) -> None:
-        self._sample(initial=True)
+        self._sample()
         while not self._stop_event.wait(0.2):
-            self._sample(initial=False)
+            self._sample()
 
-    def stop(self) -> float:
+    def stop(self) -> None:
         self._stop_event.set()
         self.join()
-        self._sample(initial=False)
-        return sum(cpu - self.first.get(pid, 0.0) for pid, cpu in self.last.items())
+        self._sample()
+
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds spent from `start` to `end` (time.monotonic())."""
+        before = max((s for s in self.samples if s[0] <= start), key=lambda s: s[0])[1]
+        after = max((s for s in self.samples if s[0] <= end), key=lambda s: s[0])[1]
+        return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -183,14 +186,14 @@ def _psycopg_params(sql: str) -> str:
 
 
 class _SqlCycle:
-    """One simulated worker's claim → renew → complete over plain psycopg."""
+    """One simulated worker's claim → renew → complete over plain psycopg, as a
+    coroutine: the 64 of them share one event loop, which costs this machine far less
+    CPU (and far fewer GIL hand-overs) than 64 threads."""
 
-    def __init__(self, url: str, owner: str, max_images: int) -> None:
-        import psycopg
-
+    def __init__(self, conn: Any, owner: str, max_images: int) -> None:
         from common import scheduler
 
-        self.conn = psycopg.connect(url)
+        self.conn = conn
         self.owner = owner
         self.max_images = max_images
         self.lease = timedelta(seconds=60)
@@ -198,20 +201,20 @@ class _SqlCycle:
         self.shared = _psycopg_params(scheduler._CANDIDATES_SHARED.text)
         self.scheduler = scheduler
 
-    def _outbox_lookup(self, account_id: uuid.UUID) -> None:
-        self.conn.execute("SAVEPOINT sa_savepoint_1")
-        self.conn.execute(_ENDPOINTS, {"account": account_id}).fetchall()
-        self.conn.execute("RELEASE SAVEPOINT sa_savepoint_1")
+    async def _outbox_lookup(self, account_id: uuid.UUID) -> None:
+        # record_job_event: the look-up; a savepoint only when there is something to
+        # write, and no account here has webhooks.
+        await (await self.conn.execute(_ENDPOINTS, {"account": account_id})).fetchall()
 
-    def claim(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    async def claim(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Claimed (job id, account id) pairs, committed."""
         accounts = max(2, self.max_images + 1)
         per_account = max(1, self.max_images)
         params = {"queue": POOL, "accounts": accounts, "per_account": per_account}
-        with self.conn.transaction():
-            rows = self.conn.execute(self.own, params).fetchall()
+        async with self.conn.transaction():
+            rows = await (await self.conn.execute(self.own, params)).fetchall()
             if not rows:
-                rows = self.conn.execute(self.shared, params).fetchall()
+                rows = await (await self.conn.execute(self.shared, params)).fetchall()
             if not rows:
                 return []
             candidates = [self.scheduler.Candidate(*row) for row in rows]
@@ -221,26 +224,26 @@ class _SqlCycle:
                 per_account=per_account,
                 accounts_cut=len({c.account_id for c in candidates}) >= accounts,
             )
-            cur = self.conn.execute(
+            cur = await self.conn.execute(
                 _START, {"owner": self.owner, "lease": self.lease, "ids": chosen}
             )
-            started = [(row[0], row[1]) for row in cur.fetchall()]
+            started = [(row[0], row[1]) for row in await cur.fetchall()]
             for _, account_id in started:
-                self._outbox_lookup(account_id)
+                await self._outbox_lookup(account_id)
         return started
 
-    def renew(self, ids: list[uuid.UUID]) -> None:
-        with self.conn.transaction():
+    async def renew(self, ids: list[uuid.UUID]) -> None:
+        async with self.conn.transaction():
             params = {"owner": self.owner, "lease": self.lease, "ids": ids}
-            self.conn.execute(_RENEW, params).fetchall()
+            await (await self.conn.execute(_RENEW, params)).fetchall()
 
-    def complete(self, job_id: uuid.UUID, account_id: uuid.UUID) -> None:
+    async def complete(self, job_id: uuid.UUID, account_id: uuid.UUID) -> None:
         from psycopg.types.json import Jsonb
 
-        with self.conn.transaction():
+        async with self.conn.transaction():
             params = {"id": job_id, "owner": self.owner, "metrics": Jsonb({"bench": True})}
-            if self.conn.execute(_COMPLETE, params).fetchone() is not None:
-                self._outbox_lookup(account_id)
+            if await (await self.conn.execute(_COMPLETE, params)).fetchone() is not None:
+                await self._outbox_lookup(account_id)
 
 
 class _ServiceCycle:
@@ -267,97 +270,165 @@ class _ServiceCycle:
             self.jobs.complete(session, job_id, [], {"bench": True}, lease_owner=self.owner)
 
 
-def _worker_process(
-    env: dict[str, str],
-    client: str,
-    threads: int,
-    seconds: float,
-    period: float,
-    max_images: int,
-    out: Any,
-) -> None:
-    """`threads` simulated GPU workers in one process; sends back their latencies.
-    `period`: seconds from one claim of a worker to its next (0: no pause)."""
-    os.environ.update(env)
+@dataclass
+class _Latencies:
+    """What one process's simulated workers measured, in ms."""
+
+    claim: list[float] = field(default_factory=list)
+    renew: list[float] = field(default_factory=list)
+    complete: list[float] = field(default_factory=list)
+    empty: int = 0
+
+
+def _service_workers(
+    env: dict[str, str], threads: int, window: tuple[float, float], period: float, max_images: int
+) -> _Latencies:
+    """`threads` workers through the service code, one thread each."""
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
     from common import db
 
-    if client == "service":
-        # One pool big enough for every thread of this process (common/db.py's is 10 + 20).
-        engine = create_engine(env["DATABASE_URL"], pool_size=threads, max_overflow=0)
-        factory = sessionmaker(engine, expire_on_commit=False)
-        db.get_session_factory.cache_clear()
-        db.get_session_factory = lambda url=None: factory  # type: ignore[assignment,misc]
-    url = env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
-
-    claim_ms: list[float] = []
-    renew_ms: list[float] = []
-    complete_ms: list[float] = []
-    empty = [0]
+    # One pool big enough for every thread of this process (common/db.py's is 10 + 20).
+    engine = create_engine(env["DATABASE_URL"], pool_size=threads, max_overflow=0)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    db.get_session_factory.cache_clear()
+    db.get_session_factory = lambda url=None: factory  # type: ignore[assignment,misc]
+    found = _Latencies()
     lock = threading.Lock()
-    ready = threading.Barrier(threads + 1)
-    begin = [0.0]
+    begin = time.monotonic()
 
     def loop(index: int) -> None:
-        owner = f"bench-{os.getpid()}-{index}"
-        cycle: _SqlCycle | _ServiceCycle = (
-            _SqlCycle(url, owner, max_images)
-            if client == "sql"
-            else _ServiceCycle(owner, max_images)
-        )
-        mine_claim, mine_renew, mine_complete = [], [], []
-        ready.wait()
-        deadline = begin[0] + seconds
+        cycle = _ServiceCycle(f"bench-{os.getpid()}-{index}", max_images)
         # Paced workers start spread over one period, as GPUs finishing at random.
-        next_claim = begin[0] + random.random() * period
+        next_claim = begin + random.random() * period
         while True:
             if period:
                 time.sleep(max(0.0, next_claim - time.monotonic()))
                 next_claim += period
-            if time.monotonic() >= deadline:
-                break
+            if time.monotonic() >= window[1]:
+                return
+            counted = time.monotonic() >= window[0]
             start = time.perf_counter()
             claimed = cycle.claim()
-            mine_claim.append((time.perf_counter() - start) * 1000)
-            if not claimed:
-                with lock:
-                    empty[0] += 1
-                continue
+            claim_ms = (time.perf_counter() - start) * 1000
             start = time.perf_counter()
-            cycle.renew([job_id for job_id, _ in claimed])
-            mine_renew.append((time.perf_counter() - start) * 1000)
+            if claimed:
+                cycle.renew([job_id for job_id, _ in claimed])
+            renew_ms = (time.perf_counter() - start) * 1000
+            complete_ms = []
             for job_id, account_id in claimed:
                 start = time.perf_counter()
                 cycle.complete(job_id, account_id)
-                mine_complete.append((time.perf_counter() - start) * 1000)
-        with lock:
-            claim_ms.extend(mine_claim)
-            renew_ms.extend(mine_renew)
-            complete_ms.extend(mine_complete)
+                complete_ms.append((time.perf_counter() - start) * 1000)
+            if not counted:
+                continue
+            with lock:
+                found.claim.append(claim_ms)
+                if claimed:
+                    found.renew.append(renew_ms)
+                else:
+                    found.empty += 1
+                found.complete.extend(complete_ms)
 
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
     for t in workers:
         t.start()
-    cpu_before = time.process_time()  # after imports and connections
-    begin[0] = time.monotonic()
-    ready.wait()
     for t in workers:
         t.join()
+    return found
+
+
+async def _sql_workers(
+    url: str, count: int, window: tuple[float, float], period: float, max_images: int
+) -> _Latencies:
+    """`count` workers over plain psycopg, one coroutine and connection each."""
+    import psycopg
+
+    conns = [await psycopg.AsyncConnection.connect(url) for _ in range(count)]
+    found = _Latencies()
+    begin = time.monotonic()
+
+    async def loop(index: int) -> None:
+        cycle = _SqlCycle(conns[index], f"bench-{os.getpid()}-{index}", max_images)
+        next_claim = begin + random.random() * period
+        while True:
+            if period:
+                await asyncio.sleep(max(0.0, next_claim - time.monotonic()))
+                next_claim += period
+            if time.monotonic() >= window[1]:
+                return
+            counted = time.monotonic() >= window[0]
+            # Lists that count only inside the window.
+            claims, renews, completes = (
+                (found.claim, found.renew, found.complete) if counted else ([], [], [])
+            )
+            start = time.perf_counter()
+            claimed = await cycle.claim()
+            claims.append((time.perf_counter() - start) * 1000)
+            if not claimed:
+                found.empty += counted
+                continue
+            start = time.perf_counter()
+            await cycle.renew([job_id for job_id, _ in claimed])
+            renews.append((time.perf_counter() - start) * 1000)
+            for job_id, account_id in claimed:
+                start = time.perf_counter()
+                await cycle.complete(job_id, account_id)
+                completes.append((time.perf_counter() - start) * 1000)
+
+    await asyncio.gather(*(loop(i) for i in range(count)))
+    for conn in conns:
+        await conn.close()
+    return found
+
+
+def _worker_process(
+    env: dict[str, str],
+    client: str,
+    workers: int,
+    warmup: float,
+    seconds: float,
+    period: float,
+    max_images: int,
+    out: Any,
+) -> None:
+    """`workers` simulated GPU workers in one process; sends back what they measured in
+    the `seconds` after a `warmup` (first connections, statements not yet prepared).
+    `period`: seconds from one claim of a worker to its next (0: no pause)."""
+    os.environ.update(env)
+    url = env["DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    now = time.monotonic()
+    window = (now + warmup, now + warmup + seconds)
+    cpu: list[float] = []
+
+    def read_cpu() -> None:  # this process's CPU time at the window's start and end
+        for moment in window:
+            time.sleep(max(0.0, moment - time.monotonic()))
+            cpu.append(time.process_time())
+
+    clock = threading.Thread(target=read_cpu, daemon=True)
+    clock.start()
+    if client == "sql":
+        found = asyncio.run(_sql_workers(url, workers, window, period, max_images))
+    else:
+        found = _service_workers(env, workers, window, period, max_images)
+    clock.join()
     out.put(
         {
-            "claim": claim_ms,
-            "renew": renew_ms,
-            "complete": complete_ms,
-            "empty": empty[0],
-            "cpu": time.process_time() - cpu_before,
+            "claim": found.claim,
+            "renew": found.renew,
+            "complete": found.complete,
+            "empty": found.empty,
+            "cpu": cpu[1] - cpu[0],
+            "window": window,
         }
     )
 
 
-def _poll_positions(seconds: float, results: dict[str, Any]) -> None:
-    """queue_position of queued jobs of light accounts, as status polls would ask it."""
+def _poll_positions(warmup: float, seconds: float, results: dict[str, Any]) -> None:
+    """queue_position of queued jobs of light accounts, as status polls would ask it,
+    ten times a second after `warmup`."""
     from sqlalchemy import select, text
 
     from common import scheduler
@@ -365,7 +436,6 @@ def _poll_positions(seconds: float, results: dict[str, Any]) -> None:
     from common.models import Job, JobStatus
 
     latencies: list[float] = []
-    deadline = time.monotonic() + seconds
     with session_scope() as session:
         sample = list(
             session.execute(
@@ -386,6 +456,8 @@ def _poll_positions(seconds: float, results: dict[str, Any]) -> None:
         return int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
 
     results["buffers_start"] = buffers(sample[0])
+    time.sleep(warmup)
+    deadline = time.monotonic() + seconds
     i = 0
     while time.monotonic() < deadline:
         job_id = sample[i % len(sample)]
@@ -396,7 +468,7 @@ def _poll_positions(seconds: float, results: dict[str, Any]) -> None:
             assert job is not None
             scheduler.queue_position(session, job)
         latencies.append((time.perf_counter() - start) * 1000)
-        time.sleep(0.02)
+        time.sleep(0.1)  # 10 polls a second
     results["buffers_end"] = buffers(sample[0])
     results["latencies"] = latencies
 
@@ -404,10 +476,13 @@ def _poll_positions(seconds: float, results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=64)
-    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--client", choices=("sql", "service"), default="sql")
     parser.add_argument("--rate", type=float, default=0, help="claims/s in all; 0: closed loop")
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument(
+        "--warmup", type=float, default=5, help="seconds run before measuring (not counted)"
+    )
     parser.add_argument("--max-images", type=int, default=1)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--jobs", type=int, default=100_000)
@@ -461,7 +536,9 @@ def main() -> None:
         me_before = time.process_time()
         wall = time.perf_counter()
         positions: dict[str, Any] = {}
-        poller = threading.Thread(target=_poll_positions, args=(args.seconds, positions))
+        poller = threading.Thread(
+            target=_poll_positions, args=(args.warmup + 2, args.seconds, positions)
+        )
         poller.start()
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
@@ -470,7 +547,16 @@ def main() -> None:
         procs = [
             ctx.Process(
                 target=_worker_process,
-                args=(env, args.client, per_process, args.seconds, period, args.max_images, out),
+                args=(
+                    env,
+                    args.client,
+                    per_process,
+                    args.warmup,
+                    args.seconds,
+                    period,
+                    args.max_images,
+                    out,
+                ),
             )
             for _ in range(args.processes)
         ]
@@ -479,6 +565,7 @@ def main() -> None:
         gathered: dict[str, list[float]] = defaultdict(list)
         empty = 0
         bench_cpu = 0.0
+        windows: list[tuple[float, float]] = []
         for _ in procs:
             # A worker process that died sends nothing: give up rather than hang.
             got = out.get(timeout=args.seconds + 120)
@@ -486,11 +573,15 @@ def main() -> None:
                 gathered[key].extend(got[key])
             empty += got["empty"]
             bench_cpu += got["cpu"]
+            windows.append(got["window"])
         for p in procs:
             p.join()
         poller.join()
         elapsed = time.perf_counter() - wall
-        pg_cpu = pg_sampler.stop()
+        pg_sampler.stop()
+        # The window every process measured in.
+        window = (max(w[0] for w in windows), min(w[1] for w in windows))
+        pg_cpu = pg_sampler.between(*window) / (window[1] - window[0]) * args.seconds
         me_cpu = time.process_time() - me_before
 
         with session_scope() as session:
@@ -509,7 +600,6 @@ def main() -> None:
         with session_scope() as session:
             largest = session.execute(text("SELECT max(work) FROM jobs")).scalar_one()
         spread = (max(backlogged) - min(backlogged)) / largest if backlogged else float("nan")
-        jobs_done = sum(n for _, _, n, _, _ in served)
         claims = len(gathered["claim"]) - empty
 
         commit = subprocess.run(
@@ -530,7 +620,7 @@ def main() -> None:
         lat = positions.get("latencies", [])
         rows = [
             ("claims/s (that got work)", f"{claims / args.seconds:.0f}"),
-            ("jobs claimed/s", f"{jobs_done / args.seconds:.0f}"),
+            ("jobs claimed/s", f"{len(gathered['complete']) / args.seconds:.0f}"),
             ("empty claims (all planned jobs taken by others)", f"{empty}"),
             (
                 "claim p50 / p95 / p99 ms",
