@@ -13,7 +13,7 @@ from PIL import Image
 from sqlalchemy import func
 
 from common.db import session_scope
-from common.models import Job, JobStatus
+from common.models import Account, AccountStatus, Job, JobStatus
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
@@ -98,3 +98,12 @@ def insert_job(
             )
         )
     return job_id
+
+
+def insert_account(name: str = "test") -> uuid.UUID:
+    """An account row written straight to PostgreSQL (no key, no credits), for tests of
+    the database alone; tests through the API use Stack.create_account."""
+    account_id = uuid.uuid4()
+    with session_scope() as session:
+        session.add(Account(id=account_id, name=name, balance=0, status=AccountStatus.ACTIVE))
+    return account_id

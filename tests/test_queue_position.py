@@ -13,11 +13,8 @@ from sqlalchemy import text
 from common import scheduler
 from common.db import get_engine, session_scope
 from common.models import Job
+from tests.helpers import insert_account
 
-_ACCOUNT = text(
-    "INSERT INTO accounts (id, name, balance, status) "
-    "VALUES (gen_random_uuid(), 'position', 0, 'active') RETURNING id"
-)
 # QUEUED jobs `first`..`last` of one account in pool `queue`, one second apart.
 _JOBS = text(
     """
@@ -44,8 +41,7 @@ def _queue(counts: list[int]) -> tuple[str, list[list[uuid.UUID]]]:
     queue = f"position-{uuid.uuid4().hex[:8]}"
     lines = []
     for order, count in enumerate(counts):  # later accounts' jobs are newer
-        with session_scope() as session:
-            account = session.execute(_ACCOUNT).scalar_one()
+        account = insert_account("position")
         # In transactions of 500 jobs: the trigger updates the account's queue row once
         # per job, and within one transaction each update walks the row's versions so
         # far (10,000 in one transaction take ~20 s; in twenty, ~2 s).

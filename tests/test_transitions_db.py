@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from common import jobs, leases
 from common.db import get_engine, session_scope
 from common.models import JobStatus
-from tests.helpers import insert_job
+from tests.helpers import insert_account, insert_job
 
 OWNER = "plan-test-worker"
 
@@ -62,18 +62,6 @@ def _indexes(statement: str, parameters: Any) -> set[str]:
     return found
 
 
-def _account() -> str:
-    with session_scope() as session:
-        return str(
-            session.execute(
-                text(
-                    "INSERT INTO accounts (id, name, balance, status) "
-                    "VALUES (gen_random_uuid(), 'plans', 0, 'active') RETURNING id"
-                )
-            ).scalar_one()
-        )
-
-
 def _processing(account: str) -> uuid.UUID:
     job_id = insert_job(account, JobStatus.QUEUED)
     with session_scope() as session:
@@ -82,7 +70,7 @@ def _processing(account: str) -> uuid.UUID:
 
 
 def test_transitions_by_id_read_the_primary_key_only(services_env: object) -> None:
-    account = _account()
+    account = str(insert_account("plans"))
     # Statistics taken while hardly any job is PROCESSING (a fleet idle at ANALYZE).
     for _ in range(300):
         insert_job(account, JobStatus.COMPLETED)
@@ -125,7 +113,7 @@ def test_a_webhook_that_cannot_be_recorded_does_not_hold_the_job_back(
         return []
 
     monkeypatch.setattr(events, "_insert_deliveries", broken_insert)
-    account = _account()
+    account = str(insert_account("plans"))
     job_id = insert_job(account, JobStatus.QUEUED, webhook_url="https://hooks.example.com/x")
     with session_scope() as session:
         assert jobs.start(session, [job_id], OWNER, 60)
