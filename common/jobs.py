@@ -29,11 +29,11 @@ def in_state(*statuses: JobStatus) -> ColumnElement[bool]:
 
     Compared as `status || ''` on purpose, so that PostgreSQL cannot answer it from an
     index on status and always finds the rows by primary key. With a plain `status =
-    'PROCESSING'`, the planner takes the (status, created_at) index whenever its
-    statistics saw few jobs in that state (a fleet idle at the last ANALYZE) and walks
-    every entry that went through PROCESSING since the last vacuum: 140–200 buffers per
-    lease renewal and completion under load instead of about 6
-    (bench/scheduler_scale.py, docs/scheduling.md "Scale")."""
+    'PROCESSING'`, the planner takes an index on status (the (status, created_at) one, or
+    the in-flight partial index) whenever its statistics saw few jobs in that state (a
+    fleet idle at the last ANALYZE), and walks every entry that went through PROCESSING
+    since the last vacuum: 140–200 buffers per lease renewal and completion under load
+    instead of about 6 (docs/scheduling.md "Scale"; tests/test_transitions_db.py)."""
     return (type_coerce(Job.status, String) + "").in_([status.value for status in statuses])
 
 
