@@ -278,6 +278,21 @@ class _Latencies:
     renew: list[float] = field(default_factory=list)
     complete: list[float] = field(default_factory=list)
     empty: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, claim_ms: float, renew_ms: float | None, complete_ms: list[float]) -> None:
+        """One cycle's timings; `renew_ms` None when the claim got nothing."""
+        with self.lock:
+            self.claim.append(claim_ms)
+            if renew_ms is None:
+                self.empty += 1
+            else:
+                self.renew.append(renew_ms)
+            self.complete.extend(complete_ms)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
 
 
 def _service_workers(
@@ -295,7 +310,6 @@ def _service_workers(
     db.get_session_factory.cache_clear()
     db.get_session_factory = lambda url=None: factory  # type: ignore[assignment,misc]
     found = _Latencies()
-    lock = threading.Lock()
     begin = time.monotonic()
 
     def loop(index: int) -> None:
@@ -311,25 +325,17 @@ def _service_workers(
             counted = time.monotonic() >= window[0]
             start = time.perf_counter()
             claimed = cycle.claim()
-            claim_ms = (time.perf_counter() - start) * 1000
-            start = time.perf_counter()
+            claim_ms, renew_ms, complete_ms = _ms_since(start), None, []
             if claimed:
+                start = time.perf_counter()
                 cycle.renew([job_id for job_id, _ in claimed])
-            renew_ms = (time.perf_counter() - start) * 1000
-            complete_ms = []
+                renew_ms = _ms_since(start)
             for job_id, account_id in claimed:
                 start = time.perf_counter()
                 cycle.complete(job_id, account_id)
-                complete_ms.append((time.perf_counter() - start) * 1000)
-            if not counted:
-                continue
-            with lock:
-                found.claim.append(claim_ms)
-                if claimed:
-                    found.renew.append(renew_ms)
-                else:
-                    found.empty += 1
-                found.complete.extend(complete_ms)
+                complete_ms.append(_ms_since(start))
+            if counted:
+                found.add(claim_ms, renew_ms, complete_ms)
 
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
     for t in workers:
@@ -359,23 +365,19 @@ async def _sql_workers(
             if time.monotonic() >= window[1]:
                 return
             counted = time.monotonic() >= window[0]
-            # Lists that count only inside the window.
-            claims, renews, completes = (
-                (found.claim, found.renew, found.complete) if counted else ([], [], [])
-            )
             start = time.perf_counter()
             claimed = await cycle.claim()
-            claims.append((time.perf_counter() - start) * 1000)
-            if not claimed:
-                found.empty += counted
-                continue
-            start = time.perf_counter()
-            await cycle.renew([job_id for job_id, _ in claimed])
-            renews.append((time.perf_counter() - start) * 1000)
+            claim_ms, renew_ms, complete_ms = _ms_since(start), None, []
+            if claimed:
+                start = time.perf_counter()
+                await cycle.renew([job_id for job_id, _ in claimed])
+                renew_ms = _ms_since(start)
             for job_id, account_id in claimed:
                 start = time.perf_counter()
                 await cycle.complete(job_id, account_id)
-                completes.append((time.perf_counter() - start) * 1000)
+                complete_ms.append(_ms_since(start))
+            if counted:
+                found.add(claim_ms, renew_ms, complete_ms)
 
     await asyncio.gather(*(loop(i) for i in range(count)))
     for conn in conns:
