@@ -12,9 +12,9 @@ achieved among the accounts that stayed backlogged, and the CPU PostgreSQL and t
 bench used.
 
 Two clients: `--client sql` (default) sends the service path's statements (the claim's
-candidate query and `plan` from common/scheduler.py, then the UPDATEs and
-webhook-endpoint look-ups that jobs.start / leases.renew_all / jobs.complete send, as
-SQLAlchemy logs them) through plain psycopg, 64 coroutines on one event loop, so that
+candidate queries and `plan` from common/scheduler.py, then the UPDATEs that jobs.start
+/ leases.renew_all / jobs.complete send, recorded from those functions at start-up)
+through plain psycopg, 64 coroutines on one event loop, so that
 the client's CPU, which in service is on 64 other machines, leaves this machine's cores
 to PostgreSQL; `--client service` (a thread per worker, `--processes 4` spreads them)
 runs the service code itself (SQLAlchemy ORM, after-commit Redis notices) and measures
@@ -42,7 +42,6 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -153,64 +152,102 @@ def _ms(values: list[float], *quantiles: float) -> str:
     return " / ".join(f"{_pct(values, q):.1f}" for q in quantiles)
 
 
-# What the service path sends besides the candidate query (common/scheduler.py), as
-# SQLAlchemy logs it: jobs.start, the webhook outbox look-up of record_job_event (in a
-# savepoint, per job and transition), leases.renew_all and jobs.complete.
-_START = """
-    UPDATE jobs SET status = 'PROCESSING', attempts = jobs.attempts + 1,
-        lease_owner = %(owner)s, lease_expires_at = now() + %(lease)s,
-        started_at = now(), updated_at = now()
-    WHERE jobs.id = ANY(%(ids)s) AND (jobs.status || '') IN ('QUEUED') RETURNING jobs.*
-"""
-_ENDPOINTS = """
-    SELECT webhook_endpoints.id, webhook_endpoints.url, webhook_endpoints.events
-    FROM webhook_endpoints
-    WHERE webhook_endpoints.account_id = %(account)s AND webhook_endpoints.enabled IS true
-"""
-_RENEW = """
-    UPDATE jobs SET lease_expires_at = now() + %(lease)s, updated_at = now()
-    WHERE jobs.id = ANY(%(ids)s) AND (jobs.status || '') IN ('PROCESSING')
-      AND jobs.lease_owner = %(owner)s RETURNING jobs.id
-"""
-_COMPLETE = """
-    UPDATE jobs SET status = 'COMPLETED', output_keys = '[]', error = NULL,
-        metrics = %(metrics)s, finished_at = now(), updated_at = now()
-    WHERE jobs.id = %(id)s AND (jobs.status || '') IN ('PROCESSING')
-      AND (jobs.status || '') IN ('PROCESSING') AND jobs.lease_owner = %(owner)s RETURNING jobs.*
-"""
-
-
 def _psycopg_params(sql: str) -> str:
     """A SQLAlchemy text() statement's :name parameters as psycopg's %(name)s."""
     return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
 
 
+_PLACEHOLDER_OWNER = "bench-placeholder-owner"
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """One statement the service sent, with its parameters, as psycopg received them."""
+
+    sql: str
+    params: dict[str, Any]
+
+    def bind(self, ids: list[uuid.UUID], owner: str) -> dict[str, Any]:
+        """The parameters with the placeholder job ids and owner replaced."""
+        by_placeholder: dict[Any, Any] = {_placeholder(i): job for i, job in enumerate(ids)}
+        by_placeholder[_PLACEHOLDER_OWNER] = owner
+        return {k: by_placeholder.get(v, v) for k, v in self.params.items()}
+
+
+def _placeholder(i: int) -> uuid.UUID:
+    return uuid.UUID(int=i + 1)
+
+
+def _record_service_statements(max_images: int) -> dict[tuple[str, int], _Recorded]:
+    """The UPDATEs jobs.start, leases.renew_all and jobs.complete send for k = 1 ..
+    `max_images` jobs, recorded from the service code itself (on job ids that do not
+    exist, rolled back), so that the SQL client sends exactly what the service does."""
+    from sqlalchemy import Engine, event
+
+    from common import jobs, leases
+    from common.db import get_session_factory
+
+    recorded: dict[tuple[str, int], _Recorded] = {}
+    current: list[tuple[str, int]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("UPDATE jobs"):
+            recorded[current[0]] = _Recorded(statement, dict(parameters))
+
+    steps = {
+        "start": lambda session, ids: jobs.start(session, ids, _PLACEHOLDER_OWNER, 60),
+        "renew": lambda session, ids: leases.renew_all(session, ids, _PLACEHOLDER_OWNER, 60),
+        "complete": lambda session, ids: jobs.complete(
+            session, ids[0], [], {"bench": True}, lease_owner=_PLACEHOLDER_OWNER
+        ),
+    }
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        for name, step in steps.items():
+            for k in range(1, max_images + 1) if name != "complete" else (1,):
+                current[:] = [(name, k)]
+                session = get_session_factory()()
+                try:
+                    step(session, [_placeholder(i) for i in range(k)])
+                finally:
+                    session.rollback()
+                    session.close()
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    return recorded
+
+
 class _SqlCycle:
     """One simulated worker's claim → renew → complete over plain psycopg, as a
     coroutine: the 64 of them share one event loop, which costs this machine far less
-    CPU (and far fewer GIL hand-overs) than 64 threads."""
+    CPU (and far fewer GIL hand-overs) than 64 threads. Sends the service's statements:
+    the candidate queries and `plan` of common/scheduler.py, the UPDATEs as recorded
+    from the service (`_record_service_statements`). None of the bench's accounts has a
+    webhook endpoint, so no delivery is written (the UPDATEs' RETURNING says so)."""
 
-    def __init__(self, conn: Any, owner: str, max_images: int) -> None:
+    def __init__(
+        self, conn: Any, owner: str, max_images: int, sent: dict[tuple[str, int], _Recorded]
+    ) -> None:
         from common import scheduler
 
         self.conn = conn
         self.owner = owner
         self.max_images = max_images
-        self.lease = timedelta(seconds=60)
-        self.own = _psycopg_params(scheduler._CANDIDATES_OWN_ACCOUNTS.text)
-        self.shared = _psycopg_params(scheduler._CANDIDATES_SHARED.text)
+        self.sent = sent
+        self.own = _psycopg_params(scheduler.candidates_statement(max_images, False).text)
+        self.shared = _psycopg_params(scheduler.candidates_statement(max_images, True).text)
         self.scheduler = scheduler
 
-    async def _outbox_lookup(self, account_id: uuid.UUID) -> None:
-        # record_job_event: the look-up; a savepoint only when there is something to
-        # write, and no account here has webhooks.
-        await (await self.conn.execute(_ENDPOINTS, {"account": account_id})).fetchall()
+    async def _send(self, name: str, ids: list[uuid.UUID]) -> list[Any]:
+        statement = self.sent[(name, len(ids))]
+        cur = await self.conn.execute(statement.sql, statement.bind(ids, self.owner))
+        return await cur.fetchall()
 
     async def claim(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Claimed (job id, account id) pairs, committed."""
         accounts = max(2, self.max_images + 1)
         per_account = max(1, self.max_images)
-        params = {"queue": POOL, "accounts": accounts, "per_account": per_account}
+        params = {"queue": POOL}
         async with self.conn.transaction():
             rows = await (await self.conn.execute(self.own, params)).fetchall()
             if not rows:
@@ -224,26 +261,16 @@ class _SqlCycle:
                 per_account=per_account,
                 accounts_cut=len({c.account_id for c in candidates}) >= accounts,
             )
-            cur = await self.conn.execute(
-                _START, {"owner": self.owner, "lease": self.lease, "ids": chosen}
-            )
-            started = [(row[0], row[1]) for row in await cur.fetchall()]
-            for _, account_id in started:
-                await self._outbox_lookup(account_id)
-        return started
+            started = await self._send("start", chosen)
+        return [(row[0], row[1]) for row in started]
 
     async def renew(self, ids: list[uuid.UUID]) -> None:
         async with self.conn.transaction():
-            params = {"owner": self.owner, "lease": self.lease, "ids": ids}
-            await (await self.conn.execute(_RENEW, params)).fetchall()
+            await self._send("renew", ids)
 
     async def complete(self, job_id: uuid.UUID, account_id: uuid.UUID) -> None:
-        from psycopg.types.json import Jsonb
-
         async with self.conn.transaction():
-            params = {"id": job_id, "owner": self.owner, "metrics": Jsonb({"bench": True})}
-            if await (await self.conn.execute(_COMPLETE, params)).fetchone() is not None:
-                await self._outbox_lookup(account_id)
+            await self._send("complete", [job_id])
 
 
 class _ServiceCycle:
@@ -351,12 +378,13 @@ async def _sql_workers(
     """`count` workers over plain psycopg, one coroutine and connection each."""
     import psycopg
 
+    sent = _record_service_statements(max_images)
     conns = [await psycopg.AsyncConnection.connect(url) for _ in range(count)]
     found = _Latencies()
     begin = time.monotonic()
 
     async def loop(index: int) -> None:
-        cycle = _SqlCycle(conns[index], f"bench-{os.getpid()}-{index}", max_images)
+        cycle = _SqlCycle(conns[index], f"bench-{os.getpid()}-{index}", max_images, sent)
         next_claim = begin + random.random() * period
         while True:
             if period:
@@ -518,13 +546,13 @@ def main() -> None:
                 ),
                 {"n": args.accounts, "heavy_n": HEAVY_ACCOUNTS},
             )
-            # The trigger keeps account_queues per inserted job: 100,000 updates of a few
-            # rows in one transaction. Bulk-load without it, then fill account_queues
-            # the way migration 0007 backfills it.
-            session.execute(text("ALTER TABLE jobs DISABLE TRIGGER jobs_track_queue"))
+            # The triggers keep account_queues per inserted job: 100,000 updates of a
+            # few rows in one transaction. Bulk-load without them, then fill
+            # account_queues the way migration 0007 backfills it.
+            session.execute(text("ALTER TABLE jobs DISABLE TRIGGER USER"))
             session.execute(text(_LOAD), {"pool": POOL, "heavy": heavy, "light": per_light})
             session.execute(text(_BACKFILL))
-            session.execute(text("ALTER TABLE jobs ENABLE TRIGGER jobs_track_queue"))
+            session.execute(text("ALTER TABLE jobs ENABLE TRIGGER USER"))
         with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE accounts, account_queues, jobs"))
         with session_scope() as session:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from common import cancel_flags, credits, notify, progress
 from common.after_commit import after_commit
 from common.models import Job, JobStatus
-from common.webhooks.events import record_job_event
+from common.webhooks.events import account_listens, record_job_event
 
 
 def in_state(*statuses: JobStatus) -> ColumnElement[bool]:
@@ -77,22 +77,22 @@ def start(
             "lease_owner": lease_owner,
             "lease_expires_at": func.now() + timedelta(seconds=lease_seconds),
         }
-    started = list(
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(job_ids), in_state(JobStatus.QUEUED))
-            .values(
-                status=JobStatus.PROCESSING,
-                started_at=func.now(),
-                attempts=Job.attempts + 1,
-                **lease,
-            )
-            .returning(Job),
-            execution_options={"synchronize_session": False},
-        ).scalars()
-    )
-    for job in started:
-        record_job_event(session, job, "started")  # job.started webhooks (an outbox)
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), in_state(JobStatus.QUEUED))
+        .values(
+            status=JobStatus.PROCESSING,
+            started_at=func.now(),
+            attempts=Job.attempts + 1,
+            **lease,
+        )
+        .returning(Job, account_listens()),
+        execution_options={"synchronize_session": False},
+    ).all()
+    started = [job for job, _ in rows]
+    for job, listens in rows:
+        # job.started webhooks (an outbox)
+        record_job_event(session, job, "started", account_listens=listens)
         # An earlier attempt's steps must not show as this one's; event streams learn
         # the job is PROCESSING.
         after_commit(session, partial(progress.clear, job.id))
@@ -101,9 +101,10 @@ def start(
 
 
 def _held_by(lease_owner: str | None) -> list[Any]:
-    """Conditions of a write that only the job's current lease owner may make."""
+    """The job is PROCESSING and, with `lease_owner`, still held by it: the conditions
+    of a write that only the job's current lease owner may make."""
     if lease_owner is None:
-        return []
+        return [in_state(JobStatus.PROCESSING)]
     return [in_state(JobStatus.PROCESSING), Job.lease_owner == lease_owner]
 
 
@@ -116,9 +117,9 @@ def complete(
 ) -> bool:
     """PROCESSING -> COMPLETED; False if the job was no longer ours to finish (with
     `lease_owner`: if that worker's lease was taken back meanwhile)."""
-    job = session.execute(
+    row = session.execute(
         update(Job)
-        .where(Job.id == job_id, in_state(JobStatus.PROCESSING), *_held_by(lease_owner))
+        .where(Job.id == job_id, *_held_by(lease_owner))
         .values(
             status=JobStatus.COMPLETED,
             output_keys=output_keys,
@@ -126,11 +127,12 @@ def complete(
             finished_at=func.now(),
             error=None,
         )
-        .returning(Job)
-    ).scalar_one_or_none()
-    if job is None:
+        .returning(Job, account_listens())
+    ).one_or_none()
+    if row is None:
         return False
-    record_job_event(session, job, "completed")  # job.completed webhooks
+    job, listens = row
+    record_job_event(session, job, "completed", account_listens=listens)  # job.completed
     _announce_end(session, job)
     return True
 
@@ -150,8 +152,11 @@ def fail(
         update(Job)
         .where(
             Job.id == job_id,
-            in_state(JobStatus.QUEUED, JobStatus.PROCESSING),
-            *_held_by(lease_owner),
+            *(
+                _held_by(lease_owner)
+                if lease_owner is not None
+                else [in_state(JobStatus.QUEUED, JobStatus.PROCESSING)]
+            ),
         )
         .values(
             status=JobStatus.FAILED,
@@ -223,7 +228,6 @@ def finish_cancelled(
         update(Job)
         .where(
             Job.id == job_id,
-            in_state(JobStatus.PROCESSING),
             Job.cancel_requested_at.isnot(None),
             *_held_by(lease_owner),
         )

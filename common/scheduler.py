@@ -29,6 +29,7 @@ neighbours in one pipeline call. Nothing waits for a batch to fill.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import threading
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.orm import Session
 
 from common import jobs
@@ -154,16 +155,23 @@ def plan(
     return [c.job_id for c in chosen]
 
 
-# The accounts with the least pass, and the first queued jobs of each. Both locked as
-# they are read, skipping what another claim holds: concurrent claims then take
-# different accounts (each claim charges its account's row, so two claims of one
-# account would queue on that row) and never plan the same job.
+# The accounts with the least pass, and the first queued jobs of each, locked as they
+# are read, skipping what another claim holds, so that concurrent claims never plan the
+# same job. Own accounts: each claim also takes a transaction-level advisory lock on the
+# accounts it reads (skipping those another claim holds), so that concurrent claims
+# spread over accounts instead of all planning the head of one line. An advisory lock,
+# not a row lock: the claim's charge updates the account's row at commit (migration
+# 0008), and a row lock taken here would make that update wait, in other claims of the
+# account, for this claim's whole transaction.
+#
+# The limits are written into the text (one statement per worker setting) rather than
+# bound: PostgreSQL then plans the statement once per connection and reuses it. Bound,
+# they made it plan every claim afresh (~0.2-0.9 ms, more than running it), its
+# one-size plan having to allow for any LIMIT.
 _CANDIDATES = """
     SELECT q.account_id, q.pass, coalesce(a.scheduling_weight, 1) AS weight,
            j.id, j.batch_key, j.work, j.images, j.created_at
-    FROM (SELECT account_id, pass FROM account_queues
-          WHERE queue = :queue AND queued > 0
-          ORDER BY pass, account_id LIMIT :accounts {account_lock}) AS q
+    FROM ({accounts_query}) AS q
     JOIN accounts AS a ON a.id = q.account_id
     CROSS JOIN LATERAL (
         SELECT id, batch_key, work, (params ->> 'samples')::int AS images, created_at,
@@ -171,14 +179,44 @@ _CANDIDATES = """
         FROM jobs
         WHERE jobs.account_id = q.account_id AND jobs.queue = :queue
           AND jobs.status = 'QUEUED'
-        ORDER BY queue_seq LIMIT :per_account
+        ORDER BY queue_seq LIMIT {per_account}
         FOR UPDATE SKIP LOCKED) AS j
     ORDER BY q.pass, q.account_id, j.queue_seq
 """
-_CANDIDATES_OWN_ACCOUNTS = text(_CANDIDATES.format(account_lock="FOR NO KEY UPDATE SKIP LOCKED"))
-# When every account with queued work is held by other claims (fewer busy accounts than
-# claiming workers): share an account; its row is then waited for, for a commit's time.
-_CANDIDATES_SHARED = text(_CANDIDATES.format(account_lock=""))
+_LEAST_SERVED = """
+    SELECT account_id, pass FROM account_queues
+    WHERE queue = :queue AND queued > 0
+    ORDER BY pass, account_id LIMIT {limit}
+"""
+# Own accounts: among the OWN_WINDOW accounts of least pass, the first ones no other
+# claim holds. The lock is tried row by row as the Limit pulls them (the inner LIMIT
+# bounds how many it can ever be tried on, whatever the plan).
+OWN_WINDOW = 64
+CLAIM_LOCK_CLASS = 0x55D1  # first key of the advisory locks of claims (pg_locks.classid)
+_OWN_ACCOUNTS = """
+    SELECT account_id, pass FROM ({window}) AS least
+    WHERE pg_try_advisory_xact_lock({lock_class}, hashtext(account_id::text || :queue))
+    ORDER BY pass, account_id LIMIT {limit}
+"""
+
+
+@functools.cache
+def candidates_statement(max_images: int, shared: bool) -> TextClause:
+    """The candidate query of a claim of up to `max_images` images: the first
+    `max(1, max_images)` jobs of the `max(2, max_images + 1)` accounts of least pass.
+    `shared`: for when every account with queued work is held by other claims (fewer
+    busy accounts than claiming workers): read them all the same; concurrent claims of
+    one account take different jobs of it."""
+    accounts = max(2, max_images + 1)
+    if shared:
+        accounts_query = _LEAST_SERVED.format(limit=accounts)
+    else:
+        accounts_query = _OWN_ACCOUNTS.format(
+            window=_LEAST_SERVED.format(limit=OWN_WINDOW),
+            lock_class=CLAIM_LOCK_CLASS,
+            limit=accounts,
+        )
+    return text(_CANDIDATES.format(accounts_query=accounts_query, per_account=max(1, max_images)))
 
 
 def claim_next(
@@ -192,13 +230,12 @@ def claim_next(
     `max_images` > 1, its batch companions; all leased to `lease_owner`. Returns the
     jobs now PROCESSING, head first; [] when nothing is queued (or everything at the
     head of the queue is being claimed by others this instant). Commit promptly: the
-    rows read are locked until then."""
+    jobs read are locked until then, and their accounts' charges wait for the commit."""
     accounts = max(2, max_images + 1)
     per_account = max(1, max_images)
-    params = {"queue": queue, "accounts": accounts, "per_account": per_account}
-    rows = session.execute(_CANDIDATES_OWN_ACCOUNTS, params).all()
+    rows = session.execute(candidates_statement(max_images, False), {"queue": queue}).all()
     if not rows:
-        rows = session.execute(_CANDIDATES_SHARED, params).all()
+        rows = session.execute(candidates_statement(max_images, True), {"queue": queue}).all()
     if not rows:
         return []
     candidates = [Candidate(*row) for row in rows]

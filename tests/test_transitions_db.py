@@ -93,12 +93,19 @@ def test_transitions_by_id_read_the_primary_key_only(services_env: object) -> No
         lambda s: jobs.complete(s, completed, [], {}, lease_owner=OWNER),
         lambda s: jobs.fail(s, failed, "boom", lease_owner=OWNER),
     ]
+    with session_scope() as session:
+        on_jobs = set(
+            session.execute(
+                text("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")
+            ).scalars()
+        )
     for step in steps:
         with _sent_updates() as sent, session_scope() as session:
             step(session)
         assert sent, "the transition sent no UPDATE"
         for statement, parameters in sent:
-            assert _indexes(statement, parameters) == {"pk_jobs"}, statement
+            # (The RETURNING's look-up of the account's webhook endpoints uses theirs.)
+            assert _indexes(statement, parameters) & on_jobs == {"pk_jobs"}, statement
 
 
 def test_a_webhook_that_cannot_be_recorded_does_not_hold_the_job_back(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import ColumnElement, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from common import urlsafety
@@ -108,7 +108,22 @@ def _answered_gone(session: Session, job_id: uuid.UUID) -> bool:
     )
 
 
-def targets(session: Session, job: Job, kind: WebhookEventType) -> list[Target]:
+def account_listens() -> ColumnElement[bool]:
+    """Whether a job's account has an enabled webhook endpoint: for the RETURNING of a
+    job transition, so that its `record_job_event` can skip the endpoint look-up when
+    there is none (most accounts) instead of sending it as a statement of its own."""
+    return (
+        exists()
+        .where(WebhookEndpoint.account_id == Job.account_id, WebhookEndpoint.enabled.is_(True))
+        .label("account_listens")
+    )
+
+
+def targets(
+    session: Session, job: Job, kind: WebhookEventType, account_listens: bool | None = None
+) -> list[Target]:
+    """Where an event of `job` goes. `account_listens`: what the transition's
+    RETURNING said of the account's endpoints (None: not asked, look them up)."""
     found: list[Target] = []
     params = job.params or {}
     url = params.get("webhook_url")
@@ -116,6 +131,8 @@ def targets(session: Session, job: Job, kind: WebhookEventType) -> list[Target]:
         wanted = params.get("webhook_events_filter") or DEFAULT_EVENTS
         if kind.short in wanted and not _answered_gone(session, job.id):
             found.append(Target(url.strip(), None))
+    if account_listens is False:
+        return found
     endpoints = session.execute(
         select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.events).where(
             WebhookEndpoint.account_id == job.account_id, WebhookEndpoint.enabled.is_(True)
@@ -131,18 +148,21 @@ def record_job_event(
     kind: str | WebhookEventType,
     *,
     progress: dict[str, int] | None = None,
+    account_listens: bool | None = None,
 ) -> list[uuid.UUID]:
     """Insert the deliveries of one event of `job` (as it is now) into `session`'s
     transaction, and queue them after its commit. Returns their ids (none when nothing
     listens). Call it in the same transaction as the job change that causes it.
 
     `kind`: "started", "progress" or "completed" (every terminal state, with the job's
-    status in the payload); `job.*` names work too.
+    status in the payload); `job.*` names work too. `account_listens`: the transition's
+    `account_listens()` column, if it returned one.
     """
     kind = event_type(kind)
-    # Most jobs have no listener: then an event costs this one SELECT, on every
-    # transition of every job (the claim path, docs/scheduling.md "Scale").
-    found = targets(session, job, kind)
+    # Most jobs have no listener: then an event costs nothing more when the transition
+    # returned `account_listens`, else one SELECT; on every transition of every job
+    # (the claim path, docs/scheduling.md "Scale").
+    found = targets(session, job, kind, account_listens)
     if not found:
         return []
     try:
