@@ -265,8 +265,8 @@ class _SqlCycle:
         return [(row[0], row[1]) for row in started]
 
     async def renew(self, ids: list[uuid.UUID]) -> None:
-        async with self.conn.transaction():
-            await self._send("renew", ids)
+        # One statement in autocommit, as worker/heartbeat.py sends it.
+        await self._send("renew", ids)
 
     async def complete(self, job_id: uuid.UUID, account_id: uuid.UUID) -> None:
         async with self.conn.transaction():
@@ -289,7 +289,7 @@ class _ServiceCycle:
             return [(job.id, job.account_id) for job in claimed]
 
     def renew(self, ids: list[uuid.UUID]) -> None:
-        with self.db.session_scope() as session:
+        with self.db.autocommit_session() as session:
             self.leases.renew_all(session, ids, self.owner, 60)
 
     def complete(self, job_id: uuid.UUID, account_id: uuid.UUID) -> None:
@@ -335,7 +335,8 @@ def _service_workers(
     engine = create_engine(env["DATABASE_URL"], pool_size=threads, max_overflow=0)
     factory = sessionmaker(engine, expire_on_commit=False)
     db.get_session_factory.cache_clear()
-    db.get_session_factory = lambda url=None: factory  # type: ignore[assignment,misc]
+    db.get_session_factory = lambda url=None: factory  # type: ignore[assignment]
+    db.get_engine = lambda url=None: engine  # type: ignore[assignment]
     found = _Latencies()
     begin = time.monotonic()
 
@@ -379,7 +380,9 @@ async def _sql_workers(
     import psycopg
 
     sent = _record_service_statements(max_images)
-    conns = [await psycopg.AsyncConnection.connect(url) for _ in range(count)]
+    # Autocommit: the renewal is its own transaction; claims and completions open theirs
+    # (`conn.transaction()`: BEGIN … COMMIT, as SQLAlchemy's sessions do).
+    conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(count)]
     found = _Latencies()
     begin = time.monotonic()
 

@@ -47,3 +47,16 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def autocommit_session(url: str | None = None) -> Iterator[Session]:
+    """A session whose every statement is its own transaction: no BEGIN and no COMMIT
+    round trips. Only for work that is one statement (a lease renewal): two statements
+    in it are two transactions."""
+    engine = get_engine(url)
+    with (
+        engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        Session(bind=conn, expire_on_commit=False) as session,
+    ):
+        yield session

@@ -7,21 +7,23 @@ what it costs per claim (docs/scheduling.md "Scale").
   accounts they read only, whatever the plan.
 - The candidate query is planned once per connection, not at every claim.
 - A transition of a job whose account has no webhook endpoint sends no look-up of its
-  own (the UPDATE's RETURNING says so)."""
+  own (the UPDATE's RETURNING says so); a lease renewal is one statement, committed on
+  its own."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, select, text
 from sqlalchemy.exc import OperationalError
 
-from common import jobs, scheduler
-from common.db import get_engine, session_scope
+from common import jobs, leases, scheduler
+from common.db import autocommit_session, get_engine, session_scope
 from common.models import JobStatus, WebhookDelivery, WebhookEndpoint
 from tests.helpers import insert_account, insert_job
 
@@ -197,3 +199,22 @@ def test_nowait_shows_the_lock_a_committed_claim_no_longer_holds(services_env: o
             other.execute(lock, {"a": account, "q": pool})
         holder.rollback()
         other.rollback()
+
+
+def test_a_lease_renewal_in_an_autocommit_session_commits_on_its_own(
+    services_env: object,
+) -> None:
+    """The heartbeat's renewal (worker/heartbeat.py) is one statement with no BEGIN or
+    COMMIT round trips: another connection sees it before the session ends."""
+    account = insert_account("renew-autocommit")
+    job_id = insert_job(str(account), JobStatus.QUEUED)
+    with session_scope() as session:
+        [job] = jobs.start(session, [job_id], OWNER, 60)
+        first_expiry = job.lease_expires_at
+    with autocommit_session() as session:
+        assert leases.renew_all(session, [job_id], OWNER, 600) == {job_id}
+        with get_engine().connect() as other:
+            seen = other.execute(
+                text("SELECT lease_expires_at FROM jobs WHERE id = :id"), {"id": job_id}
+            ).scalar_one()
+    assert first_expiry is not None and seen > first_expiry + timedelta(seconds=500)
