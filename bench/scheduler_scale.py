@@ -222,8 +222,10 @@ class _SqlCycle:
     coroutine: the 64 of them share one event loop, which costs this machine far less
     CPU (and far fewer GIL hand-overs) than 64 threads. Sends the service's statements:
     the candidate queries and `plan` of common/scheduler.py, the UPDATEs as recorded
-    from the service (`_record_service_statements`). None of the bench's accounts has a
-    webhook endpoint, so no delivery is written (the UPDATEs' RETURNING says so)."""
+    from the service (`_record_service_statements`), each session preceded by the
+    pool's pre-ping (`SELECT 1`, common/db.py: `pool_pre_ping`). None of the bench's
+    accounts has a webhook endpoint, so no delivery is written (the UPDATEs' RETURNING
+    says so)."""
 
     def __init__(
         self, conn: Any, owner: str, max_images: int, sent: dict[tuple[str, int], _Recorded]
@@ -238,6 +240,10 @@ class _SqlCycle:
         self.shared = _psycopg_params(scheduler.candidates_statement(max_images, True).text)
         self.scheduler = scheduler
 
+    async def _checkout(self) -> None:
+        """What SQLAlchemy's pool sends when a session takes a connection."""
+        await self.conn.execute("SELECT 1")
+
     async def _send(self, name: str, ids: list[uuid.UUID]) -> list[Any]:
         statement = self.sent[(name, len(ids))]
         cur = await self.conn.execute(statement.sql, statement.bind(ids, self.owner))
@@ -248,6 +254,7 @@ class _SqlCycle:
         accounts = max(2, self.max_images + 1)
         per_account = max(1, self.max_images)
         params = {"queue": POOL}
+        await self._checkout()
         async with self.conn.transaction():
             rows = await (await self.conn.execute(self.own, params)).fetchall()
             if not rows:
@@ -266,9 +273,11 @@ class _SqlCycle:
 
     async def renew(self, ids: list[uuid.UUID]) -> None:
         # One statement in autocommit, as worker/heartbeat.py sends it.
+        await self._checkout()
         await self._send("renew", ids)
 
     async def complete(self, job_id: uuid.UUID, account_id: uuid.UUID) -> None:
+        await self._checkout()
         async with self.conn.transaction():
             await self._send("complete", [job_id])
 
