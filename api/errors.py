@@ -118,8 +118,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InterfaceError)
     @app.exception_handler(SATimeoutError)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        # PostgreSQL down or unreachable: say so quickly; pool_pre_ping reconnects once
-        # it is back, so the API recovers by itself.
+        # PostgreSQL down or unreachable: say so quickly; the pool checks idle
+        # connections and drops dead ones (common.db.ping_when_idle), so the API
+        # recovers by itself once it is back.
         logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(
             503, "the database is unavailable; retry shortly", {"Retry-After": "5"}

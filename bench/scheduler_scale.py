@@ -223,7 +223,8 @@ class _SqlCycle:
     CPU (and far fewer GIL hand-overs) than 64 threads. Sends the service's statements:
     the candidate queries and `plan` of common/scheduler.py, the UPDATEs as recorded
     from the service (`_record_service_statements`), each session preceded by the
-    pool's pre-ping (`SELECT 1`, common/db.py: `pool_pre_ping`). None of the bench's
+    pool's `SELECT 1` when its connection was idle long enough (common.db.ping_when_idle:
+    in a busy cycle, never). None of the bench's
     accounts has a webhook endpoint, so no delivery is written (the UPDATEs' RETURNING
     says so)."""
 
@@ -231,6 +232,7 @@ class _SqlCycle:
         self, conn: Any, owner: str, max_images: int, sent: dict[tuple[str, int], _Recorded]
     ) -> None:
         from common import scheduler
+        from common.settings import get_settings
 
         self.conn = conn
         self.owner = owner
@@ -239,10 +241,13 @@ class _SqlCycle:
         self.own = _psycopg_params(scheduler.candidates_statement(max_images, False).text)
         self.shared = _psycopg_params(scheduler.candidates_statement(max_images, True).text)
         self.scheduler = scheduler
+        self.ping_after = get_settings().database_ping_after_idle_seconds
+        self.idle_since = time.monotonic()
 
     async def _checkout(self) -> None:
-        """What SQLAlchemy's pool sends when a session takes a connection."""
-        await self.conn.execute("SELECT 1")
+        """What the service's pool sends when a session takes a connection."""
+        if time.monotonic() - self.idle_since >= self.ping_after:
+            await self.conn.execute("SELECT 1")
 
     async def _send(self, name: str, ids: list[uuid.UUID]) -> list[Any]:
         statement = self.sent[(name, len(ids))]
@@ -251,10 +256,16 @@ class _SqlCycle:
 
     async def claim(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Claimed (job id, account id) pairs, committed."""
+        await self._checkout()
+        try:
+            return await self._claim()
+        finally:
+            self.idle_since = time.monotonic()
+
+    async def _claim(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
         accounts = max(2, self.max_images + 1)
         per_account = max(1, self.max_images)
         params = {"queue": POOL}
-        await self._checkout()
         async with self.conn.transaction():
             rows = await (await self.conn.execute(self.own, params)).fetchall()
             if not rows:
@@ -275,11 +286,13 @@ class _SqlCycle:
         # One statement in autocommit, as worker/heartbeat.py sends it.
         await self._checkout()
         await self._send("renew", ids)
+        self.idle_since = time.monotonic()
 
     async def complete(self, job_id: uuid.UUID, account_id: uuid.UUID) -> None:
         await self._checkout()
         async with self.conn.transaction():
             await self._send("complete", [job_id])
+        self.idle_since = time.monotonic()
 
 
 class _ServiceCycle:
@@ -339,9 +352,11 @@ def _service_workers(
     from sqlalchemy.orm import sessionmaker
 
     from common import db
+    from common.settings import get_settings
 
     # One pool big enough for every thread of this process (common/db.py's is 10 + 20).
     engine = create_engine(env["DATABASE_URL"], pool_size=threads, max_overflow=0)
+    db.ping_when_idle(engine, get_settings().database_ping_after_idle_seconds)
     factory = sessionmaker(engine, expire_on_commit=False)
     db.get_session_factory.cache_clear()
     db.get_session_factory = lambda url=None: factory  # type: ignore[assignment]

@@ -6,11 +6,14 @@ opened the session does, so one unit of work is one transaction.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.settings import get_settings
@@ -18,9 +21,9 @@ from common.settings import get_settings
 
 @lru_cache
 def get_engine(url: str | None = None) -> Engine:
-    return create_engine(
-        url or get_settings().database_url,
-        pool_pre_ping=True,  # survive PostgreSQL restarts without a failed request
+    settings = get_settings()
+    engine = create_engine(
+        url or settings.database_url,
         pool_size=10,
         max_overflow=20,
         # While PostgreSQL is down, fail fast (the API answers 503) instead of hanging:
@@ -28,6 +31,42 @@ def get_engine(url: str | None = None) -> Engine:
         pool_timeout=10,
         connect_args={"connect_timeout": 3},
     )
+    ping_when_idle(engine, settings.database_ping_after_idle_seconds)
+    return engine
+
+
+def ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Check a pooled connection with a `SELECT 1` before use when it has been idle
+    for `idle_seconds` or more, and replace it if it is dead (the pool reconnects):
+    a restart of PostgreSQL costs no failed request.
+
+    Instead of `pool_pre_ping`, which pings at every checkout: one more round trip per
+    transaction, on the hottest paths (a worker's claim, renewal and completion; every
+    status poll) a quarter or more of all the statements sent (docs/scheduling.md
+    "Scale"). A connection back in the pool within a second cannot have missed a
+    restart of PostgreSQL, which takes longer; a dead one that slips through fails one
+    statement and makes the pool drop every older connection.
+    """
+
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is not None and time.monotonic() - since < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool invalidates this connection and checks out a fresh one.
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+
+    event.listen(engine, "connect", connected)
+    event.listen(engine, "checkin", checked_in)
+    event.listen(engine, "checkout", checked_out)
 
 
 @lru_cache

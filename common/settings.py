@@ -18,6 +18,9 @@ class Settings(BaseSettings):
 
     # --- infrastructure -------------------------------------------------------------
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/ssd_img2img"
+    # A pooled connection unused for longer is checked with a `SELECT 1` before use
+    # (and replaced if dead); one reused sooner is not: common/db.py.
+    database_ping_after_idle_seconds: float = Field(default=1.0, ge=0)
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     s3_endpoint_url: str | None = None  # None = AWS itself
