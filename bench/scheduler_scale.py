@@ -324,6 +324,7 @@ class _Latencies:
     """What one process's simulated workers measured, in ms."""
 
     claim: list[float] = field(default_factory=list)
+    claim_at: list[float] = field(default_factory=list)  # time.monotonic() of each
     renew: list[float] = field(default_factory=list)
     complete: list[float] = field(default_factory=list)
     empty: int = 0
@@ -333,6 +334,7 @@ class _Latencies:
         """One cycle's timings; `renew_ms` None when the claim got nothing."""
         with self.lock:
             self.claim.append(claim_ms)
+            self.claim_at.append(time.monotonic())
             if renew_ms is None:
                 self.empty += 1
             else:
@@ -474,6 +476,7 @@ def _worker_process(
     out.put(
         {
             "claim": found.claim,
+            "claim_at": found.claim_at,
             "renew": found.renew,
             "complete": found.complete,
             "empty": found.empty,
@@ -626,7 +629,7 @@ def main() -> None:
         for _ in procs:
             # A worker process that died sends nothing: give up rather than hang.
             got = out.get(timeout=args.seconds + 120)
-            for key in ("claim", "renew", "complete"):
+            for key in ("claim", "claim_at", "renew", "complete"):
                 gathered[key].extend(got[key])
             empty += got["empty"]
             bench_cpu += got["cpu"]
@@ -674,6 +677,9 @@ def main() -> None:
             f"rate {args.rate or 'closed loop'}, max_images {args.max_images}, {elapsed:.0f} s"
         )
         claim = gathered["claim"]
+        # Which stretch of the run the slow claims came from (the light accounts drain
+        # part-way: then a few heavy accounts are left for all the workers).
+        by_time = [(at - window[0], ms) for at, ms in zip(gathered["claim_at"], claim, strict=True)]
         lat = positions.get("latencies", [])
         rows = [
             ("claims/s (that got work)", f"{claims / args.seconds:.0f}"),
@@ -682,6 +688,13 @@ def main() -> None:
             (
                 "claim p50 / p95 / p99 ms",
                 _ms(claim, 0.5, 0.95, 0.99),
+            ),
+            (
+                "claim p99 ms, each 5 s of the run",
+                " · ".join(
+                    f"{_pct([ms for at, ms in by_time if start <= at < start + 5], 0.99):.0f}"
+                    for start in range(0, int(args.seconds), 5)
+                ),
             ),
             (
                 "renew p50 / p99 ms",
