@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -247,12 +249,15 @@ class _SqlCycle:
     async def _checkout(self) -> None:
         """What the service's pool sends when a session takes a connection."""
         if time.monotonic() - self.idle_since >= self.ping_after:
-            await self.conn.execute("SELECT 1")
+            await self._fetch("SELECT 1", {})
 
     async def _send(self, name: str, ids: list[uuid.UUID]) -> list[Any]:
         statement = self.sent[(name, len(ids))]
-        cur = await self.conn.execute(statement.sql, statement.bind(ids, self.owner))
-        return await cur.fetchall()
+        return await self._fetch(statement.sql, statement.bind(ids, self.owner))
+
+    async def _fetch(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        """Send one statement (psycopg's %(name)s parameters), return its rows."""
+        return list(await (await self.conn.execute(sql, params)).fetchall())
 
     async def claim(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Claimed (job id, account id) pairs, committed."""
@@ -267,9 +272,9 @@ class _SqlCycle:
         per_account = max(1, self.max_images)
         params = {"queue": POOL}
         async with self.conn.transaction():
-            rows = await (await self.conn.execute(self.own, params)).fetchall()
+            rows = await self._fetch(self.own, params)
             if not rows:
-                rows = await (await self.conn.execute(self.shared, params)).fetchall()
+                rows = await self._fetch(self.shared, params)
             if not rows:
                 return []
             candidates = [self.scheduler.Candidate(*row) for row in rows]
@@ -399,21 +404,68 @@ def _service_workers(
     return found
 
 
-async def _sql_workers(
-    url: str, count: int, window: tuple[float, float], period: float, max_images: int
-) -> _Latencies:
-    """`count` workers over plain psycopg, one coroutine and connection each."""
-    import psycopg
+@functools.cache
+def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """psycopg's %(name)s parameters as asyncpg's $1, $2, …, and the names in order."""
+    names: list[str] = []
 
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return re.sub(r"%\((\w+)\)s", number, sql), tuple(names)
+
+
+def _asyncpg_value(value: Any) -> Any:
+    """psycopg's JSON wrappers (`Jsonb`) as the text asyncpg sends for json(b)."""
+    if hasattr(value, "obj") and hasattr(value, "dumps"):
+        return json.dumps(value.obj)
+    return value
+
+
+class _AsyncpgCycle(_SqlCycle):
+    """The same statements, parameters and transactions (so the same work and round
+    trips for PostgreSQL) sent through asyncpg, whose protocol is written in C: it
+    leaves more of this machine's two cores to PostgreSQL than psycopg's Python layers
+    do, as the GPU workers' clients would on their own machines."""
+
+    async def _fetch(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        numbered, names = _numbered(sql)
+        rows = await self.conn.fetch(numbered, *(_asyncpg_value(params[n]) for n in names))
+        return [tuple(row) for row in rows]
+
+
+async def _sql_workers(
+    url: str,
+    count: int,
+    window: tuple[float, float],
+    period: float,
+    max_images: int,
+    driver: str = "psycopg",
+) -> _Latencies:
+    """`count` workers over plain psycopg (or asyncpg), one coroutine and connection
+    each."""
     sent = _record_service_statements(max_images)
-    # Autocommit: the renewal is its own transaction; claims and completions open theirs
-    # (`conn.transaction()`: BEGIN … COMMIT, as SQLAlchemy's sessions do).
-    conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(count)]
+    cycle_class: type[_SqlCycle]
+    if driver == "asyncpg":
+        import asyncpg  # bench-only: pip install asyncpg
+
+        # Outside `conn.transaction()` each statement is its own transaction.
+        conns: list[Any] = [await asyncpg.connect(url) for _ in range(count)]
+        cycle_class = _AsyncpgCycle
+    else:
+        import psycopg
+
+        # Autocommit: the renewal is its own transaction; claims and completions open
+        # theirs (`conn.transaction()`: BEGIN … COMMIT, as SQLAlchemy's sessions do).
+        conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(count)]
+        cycle_class = _SqlCycle
     found = _Latencies()
     begin = time.monotonic()
 
     async def loop(index: int) -> None:
-        cycle = _SqlCycle(conns[index], f"bench-{os.getpid()}-{index}", max_images, sent)
+        cycle = cycle_class(conns[index], f"bench-{os.getpid()}-{index}", max_images, sent)
         next_claim = begin + random.random() * period
         while True:
             if period:
@@ -468,8 +520,9 @@ def _worker_process(
 
     clock = threading.Thread(target=read_cpu, daemon=True)
     clock.start()
-    if client == "sql":
-        found = asyncio.run(_sql_workers(url, workers, window, period, max_images))
+    if client in ("sql", "asyncpg"):
+        driver = "asyncpg" if client == "asyncpg" else "psycopg"
+        found = asyncio.run(_sql_workers(url, workers, window, period, max_images, driver))
     else:
         found = _service_workers(env, workers, window, period, max_images)
     clock.join()
@@ -537,7 +590,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--client", choices=("sql", "service"), default="sql")
+    parser.add_argument("--client", choices=("sql", "asyncpg", "service"), default="sql")
     parser.add_argument("--rate", type=float, default=0, help="claims/s in all; 0: closed loop")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument(
