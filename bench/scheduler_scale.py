@@ -22,7 +22,10 @@ mostly Python. `--rate R` paces the workers to R claims/s in all (a GPU's run be
 claims), to read latency at a given load; 0 (default) is a closed loop: as fast as
 they go.
 
-Usage: .venv/bin/python -m bench.scheduler_scale [--client sql|service] [--rate 0]
+`--client asyncpg` sends the same statements through asyncpg, a client that leaves more
+of the cores to PostgreSQL.
+
+Usage: .venv/bin/python -m bench.scheduler_scale [--client sql|asyncpg|service] [--rate 0]
        [--workers 64] [--processes 1] [--seconds 30] [--max-images 1] [--jobs 100000]
 """
 
