@@ -271,8 +271,6 @@ class _SqlCycle:
             self.idle_since = time.monotonic()
 
     async def _claim(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        accounts = max(2, self.max_images + 1)
-        per_account = max(1, self.max_images)
         params = {"queue": POOL}
         async with self.conn.transaction():
             rows = await self._fetch(self.own, params)
@@ -280,13 +278,7 @@ class _SqlCycle:
                 rows = await self._fetch(self.shared, params)
             if not rows:
                 return []
-            candidates = [self.scheduler.Candidate(*row) for row in rows]
-            chosen = self.scheduler.plan(
-                candidates,
-                self.max_images,
-                per_account=per_account,
-                accounts_cut=len({c.account_id for c in candidates}) >= accounts,
-            )
+            chosen = self.scheduler.choose(rows, self.max_images)
             started = await self._send("start", chosen)
         return [(row[0], row[1]) for row in started]
 

@@ -48,10 +48,7 @@ def ping_when_idle(engine: Engine, idle_seconds: float) -> None:
     statement and makes the pool drop every older connection.
     """
 
-    def connected(dbapi_connection: Any, record: Any) -> None:
-        record.info["idle_since"] = time.monotonic()
-
-    def checked_in(dbapi_connection: Any, record: Any) -> None:
+    def idle_from_now(dbapi_connection: Any, record: Any) -> None:
         record.info["idle_since"] = time.monotonic()
 
     def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
@@ -64,8 +61,8 @@ def ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             # The pool invalidates this connection and checks out a fresh one.
             raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
-    event.listen(engine, "connect", connected)
-    event.listen(engine, "checkin", checked_in)
+    event.listen(engine, "connect", idle_from_now)  # a fresh connection needs no check
+    event.listen(engine, "checkin", idle_from_now)
     event.listen(engine, "checkout", checked_out)
 
 

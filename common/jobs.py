@@ -148,16 +148,15 @@ def fail(
 
     A worker passes its `lease_owner`: it may fail only the job it still holds.
     """
+    # Without an owner (an operator, the reconciler): any non-terminal state.
+    failable = (
+        _held_by(lease_owner)
+        if lease_owner is not None
+        else [in_state(JobStatus.QUEUED, JobStatus.PROCESSING)]
+    )
     job = session.execute(
         update(Job)
-        .where(
-            Job.id == job_id,
-            *(
-                _held_by(lease_owner)
-                if lease_owner is not None
-                else [in_state(JobStatus.QUEUED, JobStatus.PROCESSING)]
-            ),
-        )
+        .where(Job.id == job_id, *failable)
         .values(
             status=JobStatus.FAILED,
             error=error[:2000],

@@ -200,14 +200,20 @@ _OWN_ACCOUNTS = """
 """
 
 
+def _reads(max_images: int) -> tuple[int, int]:
+    """How many accounts a claim of up to `max_images` images reads, and how many
+    queued jobs of each: enough to plan a full batch and to see who could come next."""
+    return max(2, max_images + 1), max(1, max_images)
+
+
 @functools.cache
 def candidates_statement(max_images: int, shared: bool) -> TextClause:
-    """The candidate query of a claim of up to `max_images` images: the first
-    `max(1, max_images)` jobs of the `max(2, max_images + 1)` accounts of least pass.
-    `shared`: for when every account with queued work is held by other claims (fewer
-    busy accounts than claiming workers): read them all the same; concurrent claims of
-    one account take different jobs of it."""
-    accounts = max(2, max_images + 1)
+    """The candidate query of a claim of up to `max_images` images (`_reads`: which
+    accounts of least pass, and how many of their first jobs). `shared`: for when every
+    account with queued work is held by other claims (fewer busy accounts than claiming
+    workers): read them all the same; concurrent claims of one account take different
+    jobs of it."""
+    accounts, per_account = _reads(max_images)
     if shared:
         accounts_query = _LEAST_SERVED.format(limit=accounts)
     else:
@@ -216,7 +222,19 @@ def candidates_statement(max_images: int, shared: bool) -> TextClause:
             lock_class=CLAIM_LOCK_CLASS,
             limit=accounts,
         )
-    return text(_CANDIDATES.format(accounts_query=accounts_query, per_account=max(1, max_images)))
+    return text(_CANDIDATES.format(accounts_query=accounts_query, per_account=per_account))
+
+
+def choose(rows: Sequence[Any], max_images: int) -> list[uuid.UUID]:
+    """The jobs a claim takes, head first, from the rows of its candidate query."""
+    accounts, per_account = _reads(max_images)
+    candidates = [Candidate(*row) for row in rows]
+    return plan(
+        candidates,
+        max_images,
+        per_account=per_account,
+        accounts_cut=len({c.account_id for c in candidates}) >= accounts,
+    )
 
 
 def claim_next(
@@ -231,20 +249,12 @@ def claim_next(
     jobs now PROCESSING, head first; [] when nothing is queued (or everything at the
     head of the queue is being claimed by others this instant). Commit promptly: the
     jobs read are locked until then, and their accounts' charges wait for the commit."""
-    accounts = max(2, max_images + 1)
-    per_account = max(1, max_images)
     rows = session.execute(candidates_statement(max_images, False), {"queue": queue}).all()
     if not rows:
         rows = session.execute(candidates_statement(max_images, True), {"queue": queue}).all()
     if not rows:
         return []
-    candidates = [Candidate(*row) for row in rows]
-    chosen = plan(
-        candidates,
-        max_images,
-        per_account=per_account,
-        accounts_cut=len({c.account_id for c in candidates}) >= accounts,
-    )
+    chosen = choose(rows, max_images)
     started = {job.id: job for job in jobs.start(session, chosen, lease_owner, lease_seconds)}
     return [started[job_id] for job_id in chosen if job_id in started]
 
