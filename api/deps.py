@@ -2,33 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api import ratelimit
 from api.errors import ApiError
 from common import accounts, limits
 from common.db import get_session_factory
-from common.models import Account, AccountStatus
+from common.models import Account, AccountStatus, ApiKey
 from common.settings import Settings, get_settings
 from common.storage import Storage, get_storage
 
 
-def get_session() -> Iterator[Session]:
-    """A session per request; endpoints commit explicitly, anything else rolls back."""
+async def get_session() -> AsyncIterator[Session]:
+    """A session per request; endpoints commit explicitly, anything else rolls back.
+
+    Made and closed on the event loop, not in the threadpool: a session touches the
+    database only when used (in the endpoint's thread). Only one still holding a
+    connection (a read that did not commit) is closed in a thread, as that closing
+    rolls back over the network. Each threadpool hop costs a status poll measurably
+    (docs/performance.md)."""
     session = get_session_factory()()
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
+
+
+async def _settings() -> Settings:
+    return get_settings()  # async: a cached value needs no threadpool hop
+
+
+async def _storage() -> Storage:
+    return get_storage()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StorageDep = Annotated[Storage, Depends(get_storage)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StorageDep = Annotated[Storage, Depends(_storage)]
 
 
 def set_remaining_credits(request: Request, balance: int) -> None:
@@ -37,34 +55,56 @@ def set_remaining_credits(request: Request, balance: int) -> None:
     request.state.remaining_credits = balance
 
 
-def current_account(
-    session: SessionDep,
-    request: Request,
-    settings: SettingsDep,
-    x_api_key: Annotated[str | None, Header(description="Your API key.")] = None,
-) -> Account:
-    """The caller's account: 401 for a missing, unknown or revoked key, 403 for a
-    suspended account, 429 past the key's request rate (api/ratelimit.py)."""
-    if not x_api_key:
-        raise ApiError(401, "missing API key: send it in the x-api-key header")
-    key = accounts.find_key(session, x_api_key)
+ApiKeyHeader = Annotated[str | None, Header(alias="x-api-key", description="Your API key.")]
+
+
+def check_key(session: Session, raw_key: str | None) -> ApiKey:
+    """The caller's key, its account loaded: 401 for a missing, unknown or revoked key,
+    403 for a suspended account. Counts nothing: see `enforce_rate_limit`."""
+    if not raw_key:
+        raise ApiError(401, MISSING_KEY)
+    return usable_key(accounts.find_key(session, raw_key))
+
+
+MISSING_KEY = "missing API key: send it in the x-api-key header"
+INVALID_KEY = "invalid API key"
+
+
+def usable_key(key: ApiKey | None) -> ApiKey:
+    """`key` if it may be used: 401 when unknown (None) or revoked, 403 when its account
+    is suspended."""
     if key is None:
-        raise ApiError(401, "invalid API key")
+        raise ApiError(401, INVALID_KEY)
     if key.revoked_at is not None:
         raise ApiError(401, "API key revoked: ask the operator for a new key")
-    account = key.account
-    if account.status != AccountStatus.ACTIVE:
+    if key.account.status != AccountStatus.ACTIVE:
         raise ApiError(403, "account suspended: ask the operator to reactivate it")
-    # End the read transaction now, giving its pooled connection back: FastAPI runs this
-    # dependency and the endpoint in separate threadpool calls, and a connection held
-    # idle in between, under a burst, leaves threads waiting on an empty pool while the
-    # holders wait for a thread. (expire_on_commit is off: `account` stays loaded.)
-    session.commit()
+    return key
+
+
+def enforce_rate_limit(request: Request, key: ApiKey, settings: Settings) -> None:
+    """Count this request against `key` (a Redis round trip: call it with no database
+    connection held); 429 past its rate. Also records `x-remaining-credits`."""
+    account = key.account
     set_remaining_credits(request, account.balance)
     ratelimit.enforce(
         request, key.id, limits.effective_limits(account, settings).rate_limit_per_minute
     )
-    return account
+
+
+def current_account(
+    session: SessionDep, request: Request, settings: SettingsDep, x_api_key: ApiKeyHeader = None
+) -> Account:
+    """The caller's account (`check_key`, then `enforce_rate_limit`)."""
+    key = check_key(session, x_api_key)
+    # End the read transaction now, giving the pooled connection back before the rate
+    # limiter's Redis round trip and before FastAPI's next threadpool call: a
+    # connection held idle in between, under a burst, leaves threads waiting on an
+    # empty pool while the holders wait for a thread. `expire_on_commit` is off: the
+    # key and its account stay loaded.
+    session.commit()
+    enforce_rate_limit(request, key, settings)
+    return key.account
 
 
 CurrentAccount = Annotated[Account, Depends(current_account)]

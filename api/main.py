@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from sqlalchemy import text
 
 from api.account import router as account_router
@@ -21,6 +21,7 @@ from api.img2img.outputs import router as outputs_router
 from api.img2img.sync import router as sync_router
 from api.job_events import job_events_lifespan
 from api.job_waiters import job_waiters_lifespan
+from api.response_headers import AccountHeaders
 from api.webhooks.endpoints import router as webhooks_router
 from common.settings import get_settings
 
@@ -44,18 +45,7 @@ def create_app() -> FastAPI:
     # 413 for bodies above MAX_REQUEST_BYTES, before they are read into memory.
     app.add_middleware(RequestBodyLimit, max_bytes=get_settings().request_body_limit)
 
-    @app.middleware("http")
-    async def remaining_credits_header(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        balance = getattr(request.state, "remaining_credits", None)
-        if balance is not None:
-            response.headers["x-remaining-credits"] = str(balance)
-        # X-RateLimit-* of the caller's key (api/ratelimit.py), on successes and errors.
-        for name, value in getattr(request.state, "rate_limit_headers", {}).items():
-            response.headers[name] = value
-        return response
+    app.add_middleware(AccountHeaders)
 
     app.include_router(listing_router)
     app.include_router(img2img_router)

@@ -558,7 +558,7 @@ def _poll_positions(warmup: float, seconds: float, results: dict[str, Any]) -> N
         with session_scope() as session:
             plan = session.execute(
                 text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + scheduler._POSITION.text),
-                {"id": job_id},
+                {"job_id": job_id},
             ).scalar_one()
         top = plan[0]["Plan"]
         return int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))

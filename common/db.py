@@ -24,8 +24,8 @@ def get_engine(url: str | None = None) -> Engine:
     settings = get_settings()
     engine = create_engine(
         url or settings.database_url,
-        pool_size=10,
-        max_overflow=20,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
         # While PostgreSQL is down, fail fast (the API answers 503) instead of hanging:
         # a bounded connect, and a bounded wait for a pooled connection.
         pool_timeout=10,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import Integer, ScalarSelect, TextClause, column, text
 from sqlalchemy.orm import Session
 
 from common import jobs
@@ -267,8 +267,7 @@ def claim_next(
 # before this job's; at an equal start, the older job goes first (as in `plan`), judged
 # by the other account's line head. Costs one look-up in the job's own line and one per
 # account whose pass is below the job's virtual start: never a pass over queued jobs.
-_POSITION = text(
-    """
+_POSITION_SQL = """
     WITH me AS (
         SELECT j.account_id, j.queue, j.created_at, q.pass, q.queued, q.queued_work,
                coalesce(a.scheduling_weight, 1) AS weight,
@@ -280,7 +279,7 @@ _POSITION = text(
         FROM jobs AS j
         JOIN account_queues AS q ON q.account_id = j.account_id AND q.queue = j.queue
         JOIN accounts AS a ON a.id = j.account_id
-        WHERE j.id = :id AND j.status = 'QUEUED'
+        WHERE j.id = :job_id AND j.status = 'QUEUED'
     ), mine AS (
         SELECT *, pass + ahead * queued_work / greatest(queued, 1) / weight AS vstart FROM me
     ), tol AS (
@@ -307,8 +306,14 @@ _POSITION = text(
                 AND q.pass <= tol.vstart + tol.eps AND q.account_id <> tol.account_id) AS o
         ), 0)
     FROM tol
-    """
-)
+"""
+_POSITION = text(_POSITION_SQL)
+
+
+def position_subquery() -> ScalarSelect[Any]:
+    """`queue_position` of the job bound as `job_id`, as a scalar subquery: for reading
+    it in the same statement as the job itself (NULL unless that job is QUEUED)."""
+    return text(_POSITION_SQL).columns(column("position", Integer)).scalar_subquery()
 
 
 def queue_position(session: Session, job: Job) -> int | None:
@@ -321,7 +326,7 @@ def queue_position(session: Session, job: Job) -> int | None:
     """
     if job.status != JobStatus.QUEUED:
         return None
-    position = session.execute(_POSITION, {"id": job.id}).scalar_one_or_none()
+    position = session.execute(_POSITION, {"job_id": job.id}).scalar_one_or_none()
     # None: claimed since `job` was read (each statement sees the latest commits): next.
     return 0 if position is None else int(position)
 
@@ -331,7 +336,7 @@ def queue_positions(session: Session, job_ids: Iterable[uuid.UUID]) -> dict[uuid
     meanwhile is missing."""
     positions: dict[uuid.UUID, int] = {}
     for job_id in job_ids:
-        position = session.execute(_POSITION, {"id": job_id}).scalar_one_or_none()
+        position = session.execute(_POSITION, {"job_id": job_id}).scalar_one_or_none()
         if position is not None:
             positions[job_id] = int(position)
     return positions

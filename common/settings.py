@@ -21,6 +21,13 @@ class Settings(BaseSettings):
     # A pooled connection unused for longer is checked with a `SELECT 1` before use
     # (and replaced if dead); one reused sooner is not: common/db.py.
     database_ping_after_idle_seconds: float = Field(default=1.0, ge=0)
+    # Connections each process keeps open, and how many more it may open under a burst
+    # (closed again when given back while the kept ones are idle: a new connection is a
+    # PostgreSQL process start, milliseconds of CPU). Size the kept ones for the usual
+    # concurrency (the API runs up to 40 requests at once); keep (size + overflow) ×
+    # processes below PostgreSQL's max_connections.
+    database_pool_size: int = Field(default=20, ge=1)
+    database_max_overflow: int = Field(default=20, ge=0)
     redis_url: str = "redis://127.0.0.1:6379/0"
 
     s3_endpoint_url: str | None = None  # None = AWS itself

@@ -106,7 +106,7 @@ def test_a_position_costs_the_same_with_10000_jobs_queued_as_with_100(
         _, (line, _) = _queue([size, 5])
         last = line[-1]
         assert _position(last) == size - 1 + 5  # the other account's 5 come first too
-        costs[size] = _buffers(scheduler._POSITION, {"id": last})
+        costs[size] = _buffers(scheduler._POSITION, {"job_id": last})
         old_costs[size] = _buffers(_OLD_COUNT, {"id": last})
     # The count it replaced reads every earlier queued job: for 9,900 more of them, at
     # least one more index page per few hundred (an entry of the (status, created_at)

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api import idempotency
-from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep, set_remaining_credits
+from api.deps import (
+    ApiKeyHeader,
+    CurrentAccount,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    enforce_rate_limit,
+    set_remaining_credits,
+)
 from api.errors import ApiError, error_responses, parse_id
-from api.img2img import live_progress
+from api.img2img import live_progress, status_read
 from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry, output_urls
 from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
 from common import jobs, scheduler
+from common.db import autocommit_session
 from common.models import Job, JobStatus
 from common.settings import Settings
 from common.storage import Storage
@@ -37,9 +48,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _load(session: SessionDep, account: CurrentAccount, request_id: str) -> Job:
-    job_id = parse_id(request_id, "request")
     # Scoped to the caller: another tenant's job is indistinguishable from a missing one.
-    job = jobs.get_job(session, job_id, account_id=account.id)
+    job = jobs.get_job(session, parse_id(request_id, "request"), account_id=account.id)
     if job is None:
         raise ApiError(404, "request not found")
     return job
@@ -82,17 +92,39 @@ def submit_v2(
     response_model=StatusResponse,
     responses={**READ_ERRORS, 422: {"model": StatusResponse, "description": "FAILED."}},
 )
-def get_status(
-    request_id: str, session: SessionDep, settings: SettingsDep, account: CurrentAccount
+async def get_status(
+    request_id: str, request: Request, settings: SettingsDep, x_api_key: ApiKeyHeader = None
 ) -> JSONResponse:
-    job = _load(session, account, request_id)
-    return _json(status_body(session, job, settings).model_dump(), job)
+    # The most frequent request of all (clients poll every second or so): everything in
+    # ONE threadpool call and one session, where dependencies would take a call each.
+    return await run_in_threadpool(_status, request_id, request, settings, x_api_key)
 
 
-def queue_fields(session: Session, job: Job) -> dict[str, Any]:
-    """`queue_position` and, for a queued job, `eta_seconds` from it and the pool's
-    recent pace: neither grows in cost with the queue (common/scheduler.py)."""
-    position = scheduler.queue_position(session, job)
+def _status(
+    request_id: str, request: Request, settings: Settings, raw_key: str | None
+) -> JSONResponse:
+    try:
+        job_id = uuid.UUID(request_id)
+    except ValueError:
+        job_id = None  # names nothing: 404, once the key is checked and counted
+    # One pooled connection, in autocommit (reads only: no BEGIN/ROLLBACK round trips),
+    # given back before the rate limiter's Redis round trip.
+    with autocommit_session() as session:
+        found = status_read.read(session, raw_key, job_id)  # scoped to the caller
+        job = found.job
+        body = status_body(session, job, settings, found.queue_position) if job else None
+    enforce_rate_limit(request, found.key, settings)
+    if job is None or body is None:
+        raise ApiError(404, "request not found")
+    return _json(body.model_dump(), job)
+
+
+def queue_fields(session: Session, job: Job, position: int | None = None) -> dict[str, Any]:
+    """`queue_position` (read now unless given) and, for a queued job, `eta_seconds`
+    from it and the pool's recent pace: neither grows in cost with the queue
+    (common/scheduler.py)."""
+    if position is None:
+        position = scheduler.queue_position(session, job)
     if position is None:
         return {"queue_position": None}
     pace = scheduler.recent_pace(session, job.queue)
@@ -102,13 +134,16 @@ def queue_fields(session: Session, job: Job) -> dict[str, Any]:
     }
 
 
-def status_body(session: Session, job: Job, settings: Settings) -> StatusResponse:
-    """The status of `job` (also sent by its event stream and by cancel)."""
+def status_body(
+    session: Session, job: Job, settings: Settings, queue_position: int | None = None
+) -> StatusResponse:
+    """The status of `job` (also sent by its event stream and by cancel); its
+    `queue_position` is read unless given."""
     expired_at = expiry(job, settings)  # the status still answers after expiry
     return StatusResponse(
         request_id=str(job.id),
         status=job.status.value,
-        **queue_fields(session, job),
+        **queue_fields(session, job, queue_position),
         error=job.error,
         created_at=job.created_at.isoformat(),
         started_at=_iso(job.started_at),
