@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api import ratelimit
 from api.errors import ApiError
 from common import accounts, limits
-from common.db import get_session_factory
+from common.db import autocommit_session, get_session_factory
 from common.models import Account, AccountStatus, ApiKey
 from common.settings import Settings, get_settings
 from common.storage import Storage, get_storage
@@ -93,16 +93,17 @@ def enforce_rate_limit(request: Request, key: ApiKey, settings: Settings) -> Non
 
 
 def current_account(
-    session: SessionDep, request: Request, settings: SettingsDep, x_api_key: ApiKeyHeader = None
+    request: Request, settings: SettingsDep, x_api_key: ApiKeyHeader = None
 ) -> Account:
-    """The caller's account (`check_key`, then `enforce_rate_limit`)."""
-    key = check_key(session, x_api_key)
-    # End the read transaction now, giving the pooled connection back before the rate
-    # limiter's Redis round trip and before FastAPI's next threadpool call: a
-    # connection held idle in between, under a burst, leaves threads waiting on an
-    # empty pool while the holders wait for a thread. `expire_on_commit` is off: the
-    # key and its account stay loaded.
-    session.commit()
+    """The caller's account (`check_key`, then `enforce_rate_limit`); loaded, detached.
+
+    Read in autocommit on a connection of its own, given back at once: no BEGIN and
+    COMMIT round trips, and no connection held over the rate limiter's Redis round trip
+    or between this threadpool call and the endpoint's (a connection held idle there,
+    under a burst, leaves threads waiting on an empty pool while the holders wait for
+    a thread)."""
+    with autocommit_session() as session:
+        key = check_key(session, x_api_key)
     enforce_rate_limit(request, key, settings)
     return key.account
 

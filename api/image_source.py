@@ -1,13 +1,14 @@
 """Where an input image's bytes come from: the `image` field holds base64 (plain or a
 `data:` URI) or an http(s) URL, which is fetched with the SSRF guards of
-`common.urlsafety` and the same byte limit as base64. Both end in `api.images.prepare`."""
+`common.urlsafety` and the same byte limit as base64. Both end in `common.images.check`."""
 
 from __future__ import annotations
 
 import re
 
-from api.images import ImageError, decode_base64
+from api.images import decode_base64
 from common import urlsafety
+from common.images import ImageError
 from common.settings import Settings
 
 _URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")

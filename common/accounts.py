@@ -7,7 +7,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
 from common import credits
@@ -64,8 +64,12 @@ def find_key(session: Session, raw_key: str) -> ApiKey | None:
     """The key row for this raw key, revoked or not, with its account loaded; None if
     unknown. Lets the API say *why* a request is refused (revoked key, suspended
     account), which a holder of the raw key may know; `authenticate` is the yes/no."""
-    return session.execute(
-        select(ApiKey)
-        .options(joinedload(ApiKey.account))
-        .where(ApiKey.key_hash == hash_key(raw_key))
-    ).scalar_one_or_none()
+    return session.execute(_FIND_KEY, {"key_hash": hash_key(raw_key)}).scalar_one_or_none()
+
+
+# Read at every request: built once, so SQLAlchemy derives its cache key once too.
+_FIND_KEY = (
+    select(ApiKey)
+    .options(joinedload(ApiKey.account))
+    .where(ApiKey.key_hash == bindparam("key_hash"))
+)

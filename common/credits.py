@@ -32,6 +32,9 @@ def _change_balance(session: Session, account_id: uuid.UUID, amount: int) -> int
         .where(Account.id == account_id, Account.balance + amount >= 0)
         .values(balance=Account.balance + amount)
         .returning(Account.balance)
+        # Core-speed: no search of the session for Account objects to bring up to date
+        # (callers use the balance returned; an Account read earlier keeps its value).
+        .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from common import storage
+from common import images, storage
 from common.db import session_scope
 from common.models import Job
 from common.settings import Settings, get_settings
@@ -177,13 +177,17 @@ def sweep(
 
 
 def _job_id_of_input(key: str) -> uuid.UUID | None:
-    """The job id of `inputs/{account}/{job}.png`, or None for any other key."""
+    """The job id of `inputs/{account}/{job}.{png,jpg,webp}` (common.storage.input_key),
+    or None for any other key."""
     parts = key.split("/")
-    if len(parts) != 3 or not parts[2].endswith(".png"):
+    if len(parts) != 3:
+        return None
+    name, _, extension = parts[2].partition(".")
+    if extension not in images.EXTENSIONS:
         return None
     try:
         uuid.UUID(parts[1])
-        return uuid.UUID(parts[2].removesuffix(".png"))
+        return uuid.UUID(name)
     except ValueError:
         return None
 

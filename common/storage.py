@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-def input_key(account_id: uuid.UUID, job_id: uuid.UUID) -> str:
-    return f"inputs/{account_id}/{job_id}.png"
+def input_key(account_id: uuid.UUID, job_id: uuid.UUID, extension: str = "png") -> str:
+    """Where a job's input image is kept, as received (its format's extension)."""
+    return f"inputs/{account_id}/{job_id}.{extension}"
 
 
 def output_key(account_id: uuid.UUID, job_id: uuid.UUID, index: int) -> str:

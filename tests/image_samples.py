@@ -67,6 +67,11 @@ def truncated_jpeg() -> bytes:
     return data[: len(data) // 2]
 
 
+def truncated_png() -> bytes:
+    data = encode(Image.effect_noise((256, 256), 64).convert("RGB"), "PNG")
+    return data[: len(data) // 2]
+
+
 def cmyk_jpeg(width: int = 96, height: int = 80) -> bytes:
     return encode(Image.new("CMYK", (width, height), (0, 200, 200, 0)), "JPEG")
 

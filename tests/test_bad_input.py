@@ -6,7 +6,6 @@ as stored in S3."""
 from __future__ import annotations
 
 import http.client
-import io
 import re
 import socket
 import uuid
@@ -18,8 +17,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from api.images import prepare
 from common.db import session_scope
+from common.images import check, normalise
 from common.models import Account, Job
 from common.settings import Settings
 from common.storage import get_storage
@@ -280,12 +279,19 @@ def test_oversized_chunked_body_is_413_while_streaming(
 # --- what must work ----------------------------------------------------------------------
 
 
-def _stored_input(job_id: str) -> Image.Image:
+def _stored_bytes(job_id: str) -> tuple[bytes, dict[str, Any]]:
     with session_scope() as session:
         job = session.get(Job, uuid.UUID(job_id))
         assert job is not None
-        key = job.input_key
-    return Image.open(io.BytesIO(get_storage().get(key)))
+        key, params = job.input_key, dict(job.params)
+    return get_storage().get(key), params
+
+
+def _stored_input(job_id: str) -> Image.Image:
+    """The job's input as its worker will run it: stored as received, then normalised
+    (common/images.py)."""
+    raw, params = _stored_bytes(job_id)
+    return normalise(raw, params["width"], params["height"])
 
 
 def test_data_uri_is_accepted_and_charged(live_stack: Stack) -> None:
@@ -307,10 +313,10 @@ def test_image_url_is_fetched_and_prepared_like_base64(
     status, _, body = _post(live_stack, key, json=job_body(image=image_server.url("/moved")))
     assert status == 200, body
     assert _account_state(account_id) == (CREDITS - 20, 1)
-    stored = _stored_input(body["request_id"])
-    expected = prepare(raw, max_pixels=Settings().max_image_pixels, max_side=1024)
-    assert stored.size == (expected.width, expected.height) == (144, 96)
-    assert stored.tobytes() == Image.open(io.BytesIO(expected.png)).tobytes()
+    stored, params = _stored_bytes(body["request_id"])
+    assert stored == raw  # kept as received, like a base64 image
+    expected = check(raw, max_pixels=Settings().max_image_pixels, max_side=1024)
+    assert (params["width"], params["height"]) == (expected.width, expected.height) == (144, 96)
 
 
 def test_alpha_is_flattened_on_white_in_the_stored_input(live_stack: Stack) -> None:

@@ -1,5 +1,6 @@
-"""api.images.prepare on its own: what is refused (and how early), and how accepted
-images are normalised (EXIF orientation, alpha, grayscale, output size)."""
+"""common.images on its own: what `check` refuses at submit (and how early), and how
+the worker's `normalise` makes accepted images what the pipeline takes (EXIF
+orientation, alpha, grayscale, output size)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ import tracemalloc
 import pytest
 from PIL import Image
 
-from api.images import ImageError, PreparedImage, prepare
+from common.images import ImageError, check, normalise
 from tests import image_samples as samples
 
 LIMITS = {"max_pixels": 4096 * 4096, "max_side": 1024}
 
 
-def _decoded(prepared: PreparedImage) -> Image.Image:
-    img = Image.open(io.BytesIO(prepared.png))
-    assert img.format == "PNG" and img.mode == "RGB"
-    assert img.size == (prepared.width, prepared.height)
+def _normalised(raw: bytes) -> Image.Image:
+    """What the worker runs: `raw` checked at submit, then normalised."""
+    checked = check(raw, **LIMITS)
+    img = normalise(raw, checked.width, checked.height)
+    assert img.mode == "RGB" and img.size == (checked.width, checked.height)
     return img
 
 
@@ -27,6 +29,7 @@ def _decoded(prepared: PreparedImage) -> Image.Image:
     [
         (b"hello world", "not a JPEG, PNG or WebP"),
         (samples.truncated_jpeg(), "truncated or corrupt"),
+        (samples.truncated_png(), "truncated or corrupt"),
         (samples.animated_gif(), "format GIF is not supported"),
         (samples.animated_png(), "animated images are not supported"),
         (samples.cmyk_jpeg(), "CMYK images are not supported; send an RGB image"),
@@ -37,7 +40,7 @@ def _decoded(prepared: PreparedImage) -> Image.Image:
 )
 def test_refused_images_name_the_field(raw: bytes, message: str) -> None:
     with pytest.raises(ImageError, match=message) as caught:
-        prepare(raw, **LIMITS)
+        check(raw, **LIMITS)
     assert str(caught.value).startswith("image: ")
 
 
@@ -47,7 +50,7 @@ def test_huge_dimensions_are_refused_on_the_header() -> None:
     tracemalloc.start()
     try:
         with pytest.raises(ImageError, match="pixels"):
-            prepare(raw, **LIMITS)
+            check(raw, **LIMITS)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -57,16 +60,17 @@ def test_huge_dimensions_are_refused_on_the_header() -> None:
 def test_pixel_limit_is_the_configured_one() -> None:
     raw = samples.encode(Image.new("RGB", (300, 300)), "PNG")
     with pytest.raises(ImageError, match="300x300 is more than the limit of 80000 pixels"):
-        prepare(raw, max_pixels=80_000, max_side=1024)
+        check(raw, max_pixels=80_000, max_side=1024)
 
 
 def test_exif_orientation_is_applied_before_sizing() -> None:
     """Stored 100×200 with orientation 6 (turn 90° clockwise to display): displayed
     200×100, so the output is 200×96 (sides floored to multiples of 8), and the stored
     left half (black) is on top."""
-    prepared = prepare(samples.jpeg_with_orientation(100, 200, orientation=6), **LIMITS)
-    img = _decoded(prepared)
-    assert (prepared.width, prepared.height) == (200, 96)
+    raw = samples.jpeg_with_orientation(100, 200, orientation=6)
+    checked = check(raw, **LIMITS)
+    assert (checked.width, checked.height) == (200, 96)
+    img = _normalised(raw)
     top = img.getpixel((100, 10))
     bottom = img.getpixel((100, 86))
     assert isinstance(top, tuple) and isinstance(bottom, tuple)
@@ -74,7 +78,7 @@ def test_exif_orientation_is_applied_before_sizing() -> None:
 
 
 def test_alpha_is_flattened_on_white() -> None:
-    img = _decoded(prepare(samples.transparent_png(), **LIMITS))
+    img = _normalised(samples.transparent_png())
     assert img.getpixel((50, 50)) == (255, 255, 255)  # was fully transparent
     assert img.getpixel((5, 5)) == (255, 0, 0)  # was opaque red
 
@@ -83,17 +87,16 @@ def test_transparent_palette_png_is_flattened_on_white() -> None:
     rgba = Image.open(io.BytesIO(samples.transparent_png()))
     palette = rgba.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
     palette.info["transparency"] = palette.getpixel((50, 50))
-    img = _decoded(
-        prepare(samples.encode(palette, "PNG", transparency=palette.info["transparency"]), **LIMITS)
-    )
+    img = _normalised(samples.encode(palette, "PNG", transparency=palette.info["transparency"]))
     assert img.getpixel((50, 50)) == (255, 255, 255)
 
 
 def test_grayscale_is_converted_to_rgb() -> None:
-    img = _decoded(prepare(samples.grayscale_png(), **LIMITS))
+    img = _normalised(samples.grayscale_png())
     assert img.getpixel((10, 10)) == (128, 128, 128)
 
 
 def test_large_images_are_scaled_to_the_output_rule() -> None:
-    prepared = prepare(samples.jpeg(3000, 2000), **LIMITS)
-    assert (prepared.width, prepared.height) == (1024, 680)  # 682.67 floored to 8s
+    checked = check(samples.jpeg(3000, 2000), **LIMITS)
+    assert (checked.width, checked.height) == (1024, 680)  # 682.67 floored to 8s
+    assert _normalised(samples.jpeg(3000, 2000)).size == (1024, 680)

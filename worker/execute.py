@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
-from common import jobs, leases, scheduler, storage
+from common import images, jobs, leases, scheduler, storage
 from common.db import session_scope
 from common.models import Job
 from common.settings import Settings
@@ -108,7 +108,9 @@ class _Member:
 
 def _request(job: ClaimedJob, store: Storage) -> GenerationRequest:
     p = job.params
-    source = Image.open(io.BytesIO(store.get(job.input_key))).convert("RGB")
+    # Stored as received; made upright, RGB and of the output size here (the API only
+    # checked it: common/images.py).
+    source = images.normalise(store.get(job.input_key), p["width"], p["height"])
     return GenerationRequest(
         image=source,
         prompt=p["prompt"],

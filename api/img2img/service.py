@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from api.idempotency import IdempotencyKey, check_unused
 from api.image_source import load_image_bytes
-from api.images import ImageError, prepare
 from api.img2img.schemas import MAX_SEED, Img2ImgRequest
 from common import credits, limits, storage, tasks
+from common.db import autocommit_session
+from common.images import ImageError, check
 from common.models import Account, Job, JobStatus
 from common.scheduler import job_work
 from common.settings import Settings
@@ -70,18 +71,20 @@ def submit(
     With an idempotency key already used, raises idempotency.Replay (same body) or a
     422 (another body) first, before any other check: a replay is never refused.
     """
-    check_unused(session, account.id, idempotency)
-    _check_request(req, settings)
-    _check_in_flight(session, account, settings, lock=False)  # early, before any I/O
+    # Early checks on a connection of their own, given back before any I/O (an image
+    # URL's fetch, the S3 upload): `session` opens its transaction only after them.
+    with autocommit_session() as read:
+        check_unused(read, account.id, idempotency)
+        _check_request(req, settings)
+        _check_in_flight(read, account, settings, lock=False)
     cost = credits.job_cost(req.samples, req.num_inference_steps)
     if account.balance < cost:  # cheap early refusal (before fetching an image URL);
         # the conditional debit below is the real check
         raise ApiError(406, str(credits.InsufficientCredits(cost, account.balance)))
     try:
         raw = load_image_bytes(req.image, settings)  # base64, data: URI or http(s) URL
-        image = prepare(
-            raw, max_pixels=settings.max_image_pixels, max_side=settings.max_output_side
-        )
+        # Checks only: the worker normalises it (common/images.py).
+        image = check(raw, max_pixels=settings.max_image_pixels, max_side=settings.max_output_side)
     except ImageError as exc:
         raise ApiError(400, str(exc)) from exc
 
@@ -89,8 +92,8 @@ def submit(
     seed = req.seed if req.seed != -1 else secrets.randbelow(MAX_SEED - 4)
     params: dict[str, Any] = req.model_dump(exclude={"image", "base64", "seed"})
     params.update(width=image.width, height=image.height)
-    key = storage.input_key(account.id, job_id)
-    store.put(key, image.png, "image/png")
+    key = storage.input_key(account.id, job_id, image.extension)
+    store.put(key, raw, image.content_type)  # as received
 
     # The real in-flight check: locks the account row until commit, so concurrent
     # submits of one account count one after another (the debit below needs it too).
