@@ -142,7 +142,7 @@ async def run(waiters: int, worker_jobs: int, window: float, env: dict[str, str]
     from common import accounts, credits, jobs, notify
     from common.db import session_scope
     from common.models import JobStatus
-    from common.tasks import enqueue_job
+    from common.tasks import wake_gpu_workers
 
     with session_scope() as session:
         account = accounts.create_account(session, "bench", 0)
@@ -199,8 +199,14 @@ async def run(waiters: int, worker_jobs: int, window: float, env: dict[str, str]
                 received[response.headers["x-request-id"]] = datetime.now(UTC)
 
             released = time.monotonic()
-            for job_id in _queued(account_id):
-                enqueue_job(str(job_id))
+            # Into the worker's pool (the scheduler's trigger moves them in line), then
+            # a wake-up: the worker claims them from PostgreSQL.
+            with session_scope() as session:
+                session.execute(
+                    text("UPDATE jobs SET queue = :pool WHERE id = ANY(:ids)"),
+                    {"pool": env["GPU_QUEUE"], "ids": _queued(account_id)},
+                )
+            wake_gpu_workers(env["GPU_QUEUE"], worker_jobs)
             await asyncio.gather(*(stamp(t) for t in tasks))
             result["worker_jobs"] = worker_jobs
             result["worker_all_done_s"] = round(time.monotonic() - released, 2)
@@ -245,7 +251,12 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         result = asyncio.run(
-            run(args.waiters, args.worker_jobs, args.window, {**env, "STATE_DIR": str(state)})
+            run(
+                args.waiters,
+                args.worker_jobs,
+                args.window,
+                {**env, "STATE_DIR": str(state), "GPU_QUEUE": "gpu"},
+            )
         )
         result.update(cores=cores, commit=commit, python=sys.version.split()[0])
         print(json.dumps(result, indent=2))
