@@ -21,7 +21,7 @@ from tests.pausing import gpu_workers_paused
 from tests.sse import EventLog, read_stream, stream_in_thread
 from tests.test_cancel import load_job
 from tests.test_limits import wait_until
-from worker.step_monitor import JobCancelled, StepMonitor
+from worker.step_monitor import CANCEL_FLAG_CHECK_SECONDS, JobCancelled, StepMonitor
 
 # Many step callbacks for little work: DPM2 is second order, so 100 × 0.99 gives about
 # 2 × 99 callbacks; a small image keeps each one short on the tiny model.
@@ -199,11 +199,17 @@ def _drive_step_monitor(job_id: uuid.UUID, account_id: uuid.UUID) -> None:
     assert report is not None
     assert report.eta_seconds == 0
 
-    # The Redis flag stops the very next step.
+    # The Redis flag stops the next step that reads it: the first one at least
+    # CANCEL_FLAG_CHECK_SECONDS after the last read (a step sooner does not read it).
+    now[0] += CANCEL_FLAG_CHECK_SECONDS
+    monitor(40, 40)  # reads the flag: not raised
     cancel_flags.raise_flag(job_id)
+    now[0] += tick
+    monitor(41, 80)  # too soon to read it again
+    now[0] += CANCEL_FLAG_CHECK_SECONDS
     with pytest.raises(JobCancelled) as stopped:
-        monitor(41, 80)
-    assert (stopped.value.done, stopped.value.total) == (41, 80)
+        monitor(42, 80)
+    assert (stopped.value.done, stopped.value.total) == (42, 80)
     cancel_flags.clear(job_id)
 
     # Without the flag (lost with Redis), the database column stops it at the next

@@ -1,6 +1,7 @@
 """What the worker does between two denoising steps of a job: check whether the job was
 cancelled, and report its progress. It runs on the GPU's critical path (hundreds of
-times per job), so it costs at most one Redis round trip per step, writes progress to
+times per job), so it costs at most one Redis round trip per step (the cancel flag, read
+at most every `CANCEL_FLAG_CHECK_SECONDS`), writes progress to
 Redis at most every `progress.MIN_WRITE_INTERVAL_SECONDS`, and touches PostgreSQL only
 every `CANCEL_DB_CHECK_SECONDS` (a cancel check) and every
 WEBHOOK_PROGRESS_INTERVAL_SECONDS (a short transaction reading the job, and inserting
@@ -25,6 +26,11 @@ logger = logging.getLogger(__name__)
 # The database holds cancel requests for sure; the Redis flag only makes them fast. So
 # the database is asked too, now and then, in case the flag was lost.
 CANCEL_DB_CHECK_SECONDS = 5.0
+# The Redis cancel flag is read at a step only if this long has passed since it was
+# last read: every step of a full-size model (tens of milliseconds each on a GPU), not
+# every step of a small fast one, where the round trip was measured at 3-4 % of the
+# worker's time (docs/performance.md, "Service path").
+CANCEL_FLAG_CHECK_SECONDS = 0.05
 # After a Redis error, leave Redis alone this long: a down Redis must not add a
 # timeout to every step of the job.
 REDIS_BACKOFF_SECONDS = 5.0
@@ -58,6 +64,7 @@ class StepMonitor:
         *,
         clock: Callable[[], float] = time.monotonic,
         cancel_db_check_seconds: float = CANCEL_DB_CHECK_SECONDS,
+        cancel_flag_check_seconds: float = CANCEL_FLAG_CHECK_SECONDS,
         lease_lost: Callable[[], bool] = lambda: False,
     ) -> None:
         self.job_id = job_id
@@ -67,6 +74,8 @@ class StepMonitor:
         self._first_step: tuple[int, float] | None = None
         self._last_write: float | None = None
         self._last_db_check = self._started
+        self._flag_check_seconds = cancel_flag_check_seconds
+        self._last_flag_check: float | None = None
         self._db_check_seconds = cancel_db_check_seconds
         self._redis_retry_at = 0.0
 
@@ -105,7 +114,8 @@ class StepMonitor:
         return progress.estimate_eta(done, total, now - self._started)
 
     def _cancel_requested(self, now: float) -> bool:
-        if self._redis_usable(now):
+        if self._redis_usable(now) and self._flag_check_due(now):
+            self._last_flag_check = now
             try:
                 if cancel_flags.is_raised(self.job_id):
                     return True
@@ -119,6 +129,10 @@ class StepMonitor:
             except Exception:
                 logger.warning("job %s: could not read its cancel request", self.job_id)
         return False
+
+    def _flag_check_due(self, now: float) -> bool:
+        last = self._last_flag_check
+        return last is None or now - last >= self._flag_check_seconds
 
     def _redis_usable(self, now: float) -> bool:
         return now >= self._redis_retry_at
