@@ -16,7 +16,8 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ from common.settings import Settings
 from common.storage import Storage
 from worker import fault_hooks
 from worker.heartbeat import LeaseHeartbeat
-from worker.pipeline import GenerationRequest, generate_batch
+from worker.pipeline import GenerationRequest, GenerationResult, generate_batch
 from worker.step_monitor import JobCancelled, LeaseLost, StepMonitor, record_cancelled
 
 if TYPE_CHECKING:
@@ -200,33 +201,58 @@ class BatchRun:
         if not self._live():
             raise _AllStopped
 
-    def run(self) -> None:
-        with self.heartbeat:
-            for member in self.members:
-                fault_hooks.maybe_crash(member.job.params)  # test-only; inert unless set
-                try:
-                    member.request = _request(member.job, self.store)
-                except Exception as exc:
-                    logger.exception("job %s: cannot read its input", member.job.id)
-                    self._fail(member, _failure(exc))
-            live = self._live()
-            if not live:
-                return
-            logger.info("running %s", ", ".join(str(m.job.id) for m in live))
-            requests = [m.request for m in live if m.request is not None]
+    def run(self, recorder: Recorder | None = None) -> None:
+        """Generate, then upload and record each member's result: here, or on
+        `recorder`'s thread, so that the caller can claim and start its next generation
+        at once. The lease heartbeat runs until every member is recorded."""
+        recording = False
+        self.heartbeat.__enter__()
+        try:
+            results = self._generate()
+            if results is not None:
+                self.generated = time.perf_counter()
+                if recorder is not None:
+                    recorder.submit(lambda: self._record_all(results))
+                    recording = True
+                else:
+                    self._record_all(results)
+        finally:
+            if not recording:
+                self.heartbeat.__exit__(None, None, None)
+
+    def _generate(self) -> list[tuple[_Member, GenerationResult]] | None:
+        """The pipeline call of the live members; None when it did not end normally
+        (every member cancelled, lost or failed, each already recorded as such)."""
+        for member in self.members:
+            fault_hooks.maybe_crash(member.job.params)  # test-only; inert unless set
             try:
-                results = generate_batch(self.pipe, requests, self.on_step)
-            except _AllStopped:
-                return
+                member.request = _request(member.job, self.store)
             except Exception as exc:
-                logger.exception("the pipeline call of %d jobs failed", len(live))
-                for member in self._live():
-                    self._fail(member, _failure(exc))
-                return
-            self.generated = time.perf_counter()
-            for member, result in zip(live, results, strict=True):
+                logger.exception("job %s: cannot read its input", member.job.id)
+                self._fail(member, _failure(exc))
+        live = self._live()
+        if not live:
+            return None
+        logger.info("running %s", ", ".join(str(m.job.id) for m in live))
+        requests = [m.request for m in live if m.request is not None]
+        try:
+            results = generate_batch(self.pipe, requests, self.on_step)
+        except _AllStopped:
+            return None
+        except Exception as exc:
+            logger.exception("the pipeline call of %d jobs failed", len(live))
+            for member in self._live():
+                self._fail(member, _failure(exc))
+            return None
+        return list(zip(live, results, strict=True))
+
+    def _record_all(self, results: list[tuple[_Member, GenerationResult]]) -> None:
+        try:
+            for member, result in results:
                 if not member.ended:
                     self._record(member, result.images)
+        finally:
+            self.heartbeat.__exit__(None, None, None)
 
     def _record(self, member: _Member, images: Sequence[Image.Image]) -> None:
         job = member.job
@@ -249,8 +275,42 @@ class BatchRun:
         logger.info("job %s completed in %.2fs", job.id, metrics["inference_time"])
 
 
+class Recorder:
+    """Uploads and records finished claims on a thread of its own while the runner
+    generates the next one: the JPEG encoding, the S3 upload and the completion's
+    transaction no longer leave the GPU idle between two jobs. One claim at a time: a
+    new one waits for the one before (uploads never pile up behind a fast GPU), and
+    each keeps its lease renewed until recorded."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+        self._pending: Future[None] | None = None
+
+    def submit(self, record: Callable[[], None]) -> None:
+        self.wait()
+        self._pending = self._thread.submit(record)
+
+    def wait(self) -> None:
+        """Until the claim being recorded, if any, is recorded."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:
+                logger.exception("recording a claim failed")
+
+    def close(self) -> None:
+        self.wait()
+        self._thread.shutdown()
+
+
 def execute(
-    work: Claim, pipe: StableDiffusionXLImg2ImgPipeline, store: Storage, settings: Settings
+    work: Claim,
+    pipe: StableDiffusionXLImg2ImgPipeline,
+    store: Storage,
+    settings: Settings,
+    recorder: Recorder | None = None,
 ) -> None:
-    """Run the claimed jobs and record each one's end."""
-    BatchRun(work, pipe, store, settings).run()
+    """Run the claimed jobs and record each one's end (on `recorder`, if given: then
+    the end may be recorded after this returns; `recorder.wait()` waits for it)."""
+    BatchRun(work, pipe, store, settings).run(recorder)

@@ -46,6 +46,8 @@ class Runner:
         self._claim_lock = threading.Lock()
         self._paused = False
         self._thread = threading.Thread(target=self._loop, name="gpu-runner", daemon=True)
+        # Uploads and records each claim while the next one generates.
+        self._recorder = execute.Recorder()
 
     def start(self) -> None:
         self._thread.start()
@@ -97,11 +99,13 @@ class Runner:
             self._woken.clear()  # before claiming: a wake-up from now on is not lost
             work = self._claim()
             if work is None:
+                self._recorder.wait()  # nothing else to do: the last claim's end first
                 self._woken.wait(self.settings.worker_poll_seconds)
                 continue
             try:
-                execute.execute(work, self.pipe, self.store, self.settings)
+                execute.execute(work, self.pipe, self.store, self.settings, self._recorder)
             except Exception:
                 logger.exception("running %s failed", [str(job.id) for job in work.jobs])
             self.recycler.jobs_done(len(work.jobs))
+        self._recorder.close()  # a stopping worker records what it ran
         logger.info("runner stopped")
