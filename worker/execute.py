@@ -206,7 +206,7 @@ class BatchRun:
         `recorder`'s thread, so that the caller can claim and start its next generation
         at once. The lease heartbeat runs until every member is recorded."""
         recording = False
-        self.heartbeat.__enter__()
+        self.heartbeat.start()
         try:
             results = self._generate()
             if results is not None:
@@ -218,7 +218,7 @@ class BatchRun:
                     self._record_all(results)
         finally:
             if not recording:
-                self.heartbeat.__exit__(None, None, None)
+                self.heartbeat.stop()
 
     def _generate(self) -> list[tuple[_Member, GenerationResult]] | None:
         """The pipeline call of the live members; None when it did not end normally
@@ -252,7 +252,7 @@ class BatchRun:
                 if not member.ended:
                     self._record(member, result.images)
         finally:
-            self.heartbeat.__exit__(None, None, None)
+            self.heartbeat.stop()
 
     def _record(self, member: _Member, images: Sequence[Image.Image]) -> None:
         job = member.job

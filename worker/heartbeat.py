@@ -58,8 +58,16 @@ class LeaseHeartbeat:
         with self._guard:
             self._held.discard(job_id)
 
-    def __enter__(self) -> LeaseHeartbeat:
+    def start(self) -> None:
         self._thread.start()
+
+    def stop(self) -> None:
+        """Stop renewing; returns once the thread has ended."""
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> LeaseHeartbeat:
+        self.start()
         return self
 
     def __exit__(
@@ -68,8 +76,7 @@ class LeaseHeartbeat:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stop()
 
     def _mark_lost(self, job_ids: Iterable[uuid.UUID]) -> None:
         with self._guard:
