@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -11,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import ratelimit
 from api.errors import ApiError
-from common import accounts, limits
+from common import accounts
 from common.db import autocommit_session, get_session_factory
 from common.models import Account, AccountStatus, ApiKey
 from common.settings import Settings, get_settings
@@ -75,20 +78,38 @@ def usable_key(key: ApiKey | None) -> ApiKey:
     is suspended."""
     if key is None:
         raise ApiError(401, INVALID_KEY)
-    if key.revoked_at is not None:
-        raise ApiError(401, "API key revoked: ask the operator for a new key")
-    if key.account.status != AccountStatus.ACTIVE:
-        raise ApiError(403, "account suspended: ask the operator to reactivate it")
+    refuse_unusable(key.revoked_at, key.account.status)
     return key
 
 
-def enforce_rate_limit(request: Request, key: ApiKey, settings: Settings) -> None:
+def refuse_unusable(revoked_at: datetime | None, account_status: AccountStatus) -> None:
+    """401 for a revoked key, 403 for a suspended account."""
+    if revoked_at is not None:
+        raise ApiError(401, "API key revoked: ask the operator for a new key")
+    if account_status != AccountStatus.ACTIVE:
+        raise ApiError(403, "account suspended: ask the operator to reactivate it")
+
+
+@dataclass(frozen=True, slots=True)
+class CallerKey:
+    """What the rate limit and the credits header need of a usable key."""
+
+    key_id: uuid.UUID
+    balance: int  # the account's, for x-remaining-credits
+    rate_limit_per_minute: int | None  # the account's own; None: the settings' default
+
+    @classmethod
+    def of(cls, key: ApiKey) -> CallerKey:
+        return cls(key.id, key.account.balance, key.account.rate_limit_per_minute)
+
+
+def enforce_rate_limit(request: Request, key: CallerKey, settings: Settings) -> None:
     """Count this request against `key` (a Redis round trip: call it with no database
     connection held); 429 past its rate. Also records `x-remaining-credits`."""
-    account = key.account
-    set_remaining_credits(request, account.balance)
+    set_remaining_credits(request, key.balance)
+    rate = key.rate_limit_per_minute
     ratelimit.enforce(
-        request, key.id, limits.effective_limits(account, settings).rate_limit_per_minute
+        request, key.key_id, settings.default_rate_limit_per_minute if rate is None else rate
     )
 
 
@@ -104,7 +125,7 @@ def current_account(
     a thread)."""
     with autocommit_session() as session:
         key = check_key(session, x_api_key)
-    enforce_rate_limit(request, key, settings)
+    enforce_rate_limit(request, CallerKey.of(key), settings)
     return key.account
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -139,6 +139,30 @@ BATCH_KEY_SQL = (
     " || '|' || (params ->> 'num_inference_steps') || '|' || (params ->> 'strength')"
     " || '|' || (params ->> 'guidance_scale')"
 )
+
+
+class JobState(Protocol):
+    """What a job's status answer reads: a loaded `Job`, or the plain row of a status
+    poll's Core read (api/img2img/status_read.py), which skips the ORM's loading."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> JobStatus: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def expired_at(self) -> datetime | None: ...
+    @property
+    def cancel_requested_at(self) -> datetime | None: ...
 
 
 class Job(Base):

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from common import images, storage
 from common.db import session_scope
-from common.models import Job
+from common.models import Job, JobState
 from common.settings import Settings, get_settings
 from common.storage import Storage, get_storage
 
@@ -55,7 +55,7 @@ def describe_period(period: timedelta) -> str:
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
-def expiry_time(job: Job, period: timedelta, now: datetime) -> datetime | None:
+def expiry_time(job: JobState, period: timedelta, now: datetime) -> datetime | None:
     """When the job's objects expired, or None while they are kept.
 
     A job is expired once swept, and also once its period is over but the sweep has not

@@ -44,7 +44,7 @@ from sqlalchemy import Integer, ScalarSelect, TextClause, column, text
 from sqlalchemy.orm import Session
 
 from common import jobs
-from common.models import Job, JobStatus
+from common.models import Job, JobState, JobStatus
 from common.schedulers import SECOND_ORDER_SCHEDULERS
 
 # Work unit: one denoising step of one 1024×1024 image (UNet cost grows with the pixels).
@@ -316,7 +316,7 @@ def position_subquery() -> ScalarSelect[Any]:
     return text(_POSITION_SQL).columns(column("position", Integer)).scalar_subquery()
 
 
-def queue_position(session: Session, job: Job) -> int | None:
+def queue_position(session: Session, job: JobState) -> int | None:
     """How many jobs will start before `job` (0 = it is next), or None if not queued.
 
     An estimate in the fair order as it stands now: later arrivals of accounts with

@@ -28,7 +28,7 @@ from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry, outp
 from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
 from common import jobs, scheduler
 from common.db import autocommit_session
-from common.models import Job, JobStatus
+from common.models import Job, JobState, JobStatus
 from common.settings import Settings
 from common.storage import Storage
 
@@ -119,7 +119,7 @@ def _status(
     return _json(body.model_dump(), job)
 
 
-def queue_fields(session: Session, job: Job, position: int | None = None) -> dict[str, Any]:
+def queue_fields(session: Session, job: JobState, position: int | None = None) -> dict[str, Any]:
     """`queue_position` (read now unless given) and, for a queued job, `eta_seconds`
     from it and the pool's recent pace: neither grows in cost with the queue
     (common/scheduler.py)."""
@@ -135,7 +135,7 @@ def queue_fields(session: Session, job: Job, position: int | None = None) -> dic
 
 
 def status_body(
-    session: Session, job: Job, settings: Settings, queue_position: int | None = None
+    session: Session, job: JobState, settings: Settings, queue_position: int | None = None
 ) -> StatusResponse:
     """The status of `job` (also sent by its event stream and by cancel); its
     `queue_position` is read unless given."""
@@ -196,6 +196,6 @@ def result_response(job: Job, request: Request, settings: Settings, store: Stora
     return _json(body.model_dump(), job)
 
 
-def _json(body: dict[str, object], job: Job) -> JSONResponse:
+def _json(body: dict[str, object], job: JobState) -> JSONResponse:
     # Segmind serves a FAILED request with 422 on both URLs; its SDK reads the body.
     return JSONResponse(body, status_code=422 if job.status == JobStatus.FAILED else 200)

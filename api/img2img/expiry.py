@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from api.img2img.schemas import ExpiredResponse
 from common import retention
 from common.jobs import utcnow
-from common.models import Job
+from common.models import Job, JobState
 from common.settings import Settings
 from common.storage import Storage
 
@@ -24,7 +24,7 @@ EXPIRED_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def expiry(job: Job, settings: Settings, now: datetime | None = None) -> datetime | None:
+def expiry(job: JobState, settings: Settings, now: datetime | None = None) -> datetime | None:
     """When the job's objects expired, or None while they are kept."""
     return retention.expiry_time(job, retention.retention_period(settings), now or utcnow())
 

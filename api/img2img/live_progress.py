@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 from common import progress
-from common.models import Job, JobStatus
+from common.models import JobState, JobStatus
 
 
-def status_fields(job: Job) -> dict[str, Any]:
+def status_fields(job: JobState) -> dict[str, Any]:
     """`progress`, `step`, `total_steps`, `eta_seconds` and `cancel_requested` of `job`.
 
     One Redis read while the job is PROCESSING, none otherwise. Without a report (none

@@ -4,48 +4,77 @@ job (only if it is the caller's), and its queue position (only if it is QUEUED).
 Status polls are most of the API's traffic (Segmind's SDK polls once a second per
 job), and on small machines each database round trip costs as much CPU as the rest of
 the request (docs/performance.md, "Service path"): one statement on one autocommit
-connection instead of a transaction of three."""
+connection instead of a transaction of three, and a Core row of the few columns the
+answer needs rather than three ORM objects loaded into the session."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import and_, bindparam, case, select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
-from api.deps import INVALID_KEY, MISSING_KEY, usable_key
+from api.deps import INVALID_KEY, MISSING_KEY, CallerKey, refuse_unusable
 from api.errors import ApiError
 from common import scheduler
 from common.accounts import hash_key
-from common.models import ApiKey, Job, JobStatus
+from common.models import Account, ApiKey, Job, JobStatus
 
 # Built once, so SQLAlchemy computes its cache key once too.
 _READ = (
     select(
-        ApiKey,
-        Job,
+        ApiKey.id.label("key_id"),
+        ApiKey.revoked_at,
+        Account.status.label("account_status"),
+        Account.balance,
+        Account.rate_limit_per_minute,
+        Job.id,
+        Job.status,
+        Job.queue,
+        Job.error,
+        Job.created_at,
+        Job.started_at,
+        Job.finished_at,
+        Job.expired_at,
+        Job.cancel_requested_at,
         # The position's own query only runs for a job that is there and QUEUED.
         case((Job.status == JobStatus.QUEUED, scheduler.position_subquery()), else_=None).label(
             "queue_position"
         ),
     )
-    .options(joinedload(ApiKey.account))
+    .join(Account, Account.id == ApiKey.account_id)
     .outerjoin(Job, and_(Job.id == bindparam("job_id"), Job.account_id == ApiKey.account_id))
     .where(ApiKey.key_hash == bindparam("key_hash"))
 )
 
 
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """The job's columns a status answer reads (common.models.JobState)."""
+
+    id: uuid.UUID
+    status: JobStatus
+    queue: str
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expired_at: datetime | None
+    cancel_requested_at: datetime | None
+
+
 @dataclass(frozen=True)
 class StatusRead:
-    key: ApiKey  # usable (unrevoked, account active), its account loaded
-    job: Job | None  # None: the caller has no job of that id
+    key: CallerKey  # usable: unrevoked, its account active
+    job: JobRow | None  # None: the caller has no job of that id
     queue_position: int | None  # set when `job` is QUEUED
 
 
 def read(session: Session, raw_key: str | None, job_id: uuid.UUID | None) -> StatusRead:
     """The caller's key and job `job_id` (None: an id that names nothing). Raises the
-    key's 401/403 (api.deps.usable_key); counts nothing against the rate limit."""
+    key's 401/403 (api.deps.refuse_unusable); counts nothing against the rate limit."""
     if not raw_key:
         raise ApiError(401, MISSING_KEY)
     row = session.execute(
@@ -53,5 +82,22 @@ def read(session: Session, raw_key: str | None, job_id: uuid.UUID | None) -> Sta
     ).one_or_none()
     if row is None:
         raise ApiError(401, INVALID_KEY)
-    key, job, position = row
-    return StatusRead(usable_key(key), job, position)
+    refuse_unusable(row.revoked_at, row.account_status)
+    key = CallerKey(row.key_id, row.balance, row.rate_limit_per_minute)
+    if row.id is None:
+        return StatusRead(key, None, None)
+    job = JobRow(
+        row.id,
+        row.status,
+        row.queue,
+        row.error,
+        row.created_at,
+        row.started_at,
+        row.finished_at,
+        row.expired_at,
+        row.cancel_requested_at,
+    )
+    position = row.queue_position
+    if position is None and job.status == JobStatus.QUEUED:
+        position = 0  # as scheduler.queue_position: no line ahead of it, it is next
+    return StatusRead(key, job, None if position is None else int(position))
