@@ -5,6 +5,14 @@ Lua script increments the counter and sets its expiry atomically, so the window 
 loses its expiry and no two API processes can both take the last request. Windows
 start per key, from Redis's own clock: no clock of an API process is involved.
 
+Each API process takes a key's requests from Redis a few at a time (a lease: one
+INCRBY of n), and counts them out locally, so a busy key costs one Redis round trip per
+n requests rather than per request (docs/performance.md, "Service path"). n is 1 for
+limits under 128, so small limits stay exact; above, n = limit / 64 (at most 32): an
+unused remainder of a lease counts as used, so with P API processes a key may be
+refused up to P × (n − 1) requests (under 1.6% of its limit per process) before its
+limit. A lease ends with the window it was taken in.
+
 If Redis cannot be reached the limit fails open: requests are served unlimited and
 the failure is logged. The limit protects the service from bursts; refusing every
 tenant's every request because the limiter's store is down would be the larger
@@ -35,9 +43,10 @@ WINDOW_MS = 60_000
 _BACKOFF_SECONDS = 5.0
 _TIMEOUT_SECONDS = 0.5
 
-# KEYS[1] counter; ARGV[1] window in ms. Returns {count, ms until the window ends}.
+# KEYS[1] counter; ARGV[1] window in ms, ARGV[2] requests taken. Returns {count, ms until
+# the window ends}.
 _SCRIPT = """
-local count = redis.call('INCR', KEYS[1])
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -72,7 +81,31 @@ class RateDecision:
         return headers
 
 
-class _Limiter:
+# Leases: none below this limit (exact counting); above it, 1/_LEASE_FRACTION of the
+# limit, at most _MAX_LEASE requests.
+_LEASE_FROM_LIMIT = 128
+_LEASE_FRACTION = 64
+_MAX_LEASE = 32
+# Leases of windows that ended are dropped once this many are held.
+_PRUNE_AT = 4096
+
+
+def lease_size(limit: int) -> int:
+    if limit < _LEASE_FROM_LIMIT:
+        return 1
+    return min(_MAX_LEASE, limit // _LEASE_FRACTION)
+
+
+@dataclass
+class _Lease:
+    """Counts `next`..`last` of a key's window, which ends at `ends` (monotonic)."""
+
+    next: int
+    last: int
+    ends: float
+
+
+class Limiter:
     def __init__(self, url: str) -> None:
         self._client = redis.Redis.from_url(
             url, socket_timeout=_TIMEOUT_SECONDS, socket_connect_timeout=_TIMEOUT_SECONDS
@@ -80,13 +113,26 @@ class _Limiter:
         self._script = self._client.register_script(_SCRIPT)
         self._lock = threading.Lock()
         self._skip_until = 0.0
+        self._leases: dict[uuid.UUID, _Lease] = {}
 
     def hit(self, key_id: uuid.UUID, limit: int) -> RateDecision | None:
         """Count one request of this key; None when Redis is unavailable (fail open)."""
-        if time.monotonic() < self._skip_until:
+        now = time.monotonic()
+        with self._lock:
+            lease = self._leases.get(key_id)
+            # From the lease while it has counts left, and also once past the limit (a
+            # refusal needs no new count; a raised limit asks Redis again).
+            if (
+                lease is not None
+                and now < lease.ends
+                and (lease.next <= lease.last or lease.next > limit)
+            ):
+                return self._take(lease, limit, now)
+        if now < self._skip_until:
             return None
+        taken = lease_size(limit)
         try:
-            count, ttl = self._script(keys=[f"ratelimit:{key_id}"], args=[WINDOW_MS])
+            count, ttl = self._script(keys=[f"ratelimit:{key_id}"], args=[WINDOW_MS, taken])
         except redis.RedisError as exc:
             with self._lock:
                 self._skip_until = time.monotonic() + _BACKOFF_SECONDS
@@ -96,12 +142,23 @@ class _Limiter:
                 _BACKOFF_SECONDS,
             )
             return None
-        return RateDecision(limit=limit, count=int(count), reset_ms=int(ttl))
+        lease = _Lease(next=int(count) - taken + 1, last=int(count), ends=now + int(ttl) / 1000)
+        with self._lock:
+            if len(self._leases) >= _PRUNE_AT:
+                self._leases = {k: v for k, v in self._leases.items() if v.ends > now}
+            self._leases[key_id] = lease
+            return self._take(lease, limit, now)
+
+    @staticmethod
+    def _take(lease: _Lease, limit: int, now: float) -> RateDecision:
+        count = lease.next
+        lease.next += 1
+        return RateDecision(limit=limit, count=count, reset_ms=int((lease.ends - now) * 1000))
 
 
 @lru_cache
-def _limiter(url: str) -> _Limiter:
-    return _Limiter(url)
+def _limiter(url: str) -> Limiter:
+    return Limiter(url)
 
 
 def hit(key_id: uuid.UUID, limit: int) -> RateDecision | None:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -86,13 +86,18 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
 
 
 @contextmanager
+def autocommit_connection(url: str | None = None) -> Iterator[Connection]:
+    """A pooled connection whose every statement is its own transaction, without an ORM
+    session around it: for the hottest reads (a status poll), where the session's own
+    bookkeeping costs as much CPU as the statement."""
+    with get_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
+
+
+@contextmanager
 def autocommit_session(url: str | None = None) -> Iterator[Session]:
     """A session whose every statement is its own transaction: no BEGIN and no COMMIT
     round trips. Only for work that is one statement (a lease renewal): two statements
     in it are two transactions."""
-    engine = get_engine(url)
-    with (
-        engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
-        Session(bind=conn, expire_on_commit=False) as session,
-    ):
+    with autocommit_connection(url) as conn, Session(bind=conn, expire_on_commit=False) as session:
         yield session

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, ScalarSelect, TextClause, column, text
+from sqlalchemy import Connection, Integer, ScalarSelect, TextClause, column, text
 from sqlalchemy.orm import Session
 
 from common import jobs
@@ -316,7 +316,7 @@ def position_subquery() -> ScalarSelect[Any]:
     return text(_POSITION_SQL).columns(column("position", Integer)).scalar_subquery()
 
 
-def queue_position(session: Session, job: JobState) -> int | None:
+def queue_position(session: Session | Connection, job: JobState) -> int | None:
     """How many jobs will start before `job` (0 = it is next), or None if not queued.
 
     An estimate in the fair order as it stands now: later arrivals of accounts with
@@ -371,7 +371,7 @@ _PACE = text(
 )
 
 
-def recent_pace(session: Session, queue: str) -> Pace | None:
+def recent_pace(session: Session | Connection, queue: str) -> Pace | None:
     """The pool's pace over the last PACE_WINDOW_SECONDS, or None before any job
     finished in it. Read at most every 10 s per process: status polls of queued jobs
     share it, so their cost does not grow with the queue either."""

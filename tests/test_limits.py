@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import redis
 from sqlalchemy import func, select
 
+from api import ratelimit
 from cli import stack
 from common.db import session_scope
 from common.devstack.ports import free_port
@@ -170,6 +172,50 @@ def test_rate_limit_fails_open_without_redis(
             assert "admin API disabled" in response.json()["error"]
     finally:
         stop_pidfile(pidfile_path(state_dir, name), timeout=30)
+
+
+def test_rate_limit_leases_counts_per_process_and_stays_exact_for_small_limits(
+    services_env: tuple[Path, dict[str, str]],
+) -> None:
+    """Two limiters stand for two API processes sharing one Redis. A large limit is
+    counted out of leases (one Redis round trip per lease), never lets more than the
+    limit through, and refuses at most each process's unused remainder early; a small
+    limit is counted exactly, one request at a time."""
+    url = services_env[1]["REDIS_URL"]
+    redis_client = redis.Redis.from_url(url)
+    first, second = ratelimit.Limiter(url), ratelimit.Limiter(url)
+
+    key_id, limit = uuid.uuid4(), 640
+    lease = ratelimit.lease_size(limit)
+    assert lease == 10
+    counts = [first.hit(key_id, limit) for _ in range(15)]
+    assert [d.count for d in counts if d] == list(range(1, 16))
+    assert int(redis_client.get(f"ratelimit:{key_id}") or 0) == 2 * lease  # two round trips
+    decision = second.hit(key_id, limit)
+    assert decision is not None and decision.count == 2 * lease + 1  # its own lease
+
+    allowed = 16
+    while True:  # both processes take turns until both refuse
+        turn = [limiter.hit(key_id, limit) for limiter in (first, second)]
+        if not any(d and d.allowed for d in turn):
+            break
+        allowed += sum(1 for d in turn if d and d.allowed)
+    assert limit - 2 * (lease - 1) <= allowed <= limit
+    refused = first.hit(key_id, limit)
+    assert refused is not None and not refused.allowed
+    assert 1 <= refused.reset_seconds <= 60 and refused.headers()["Retry-After"]
+
+    small_key, small = uuid.uuid4(), 3
+    assert ratelimit.lease_size(small) == 1
+    decisions = [limiter.hit(small_key, small) for limiter in (first, second, first, second)]
+    assert [d.count if d else None for d in decisions] == [1, 2, 3, 4]
+    assert [d.allowed if d else None for d in decisions] == [True, True, True, False]
+    # A refused process refuses on without asking Redis again, until the limit is raised.
+    again = second.hit(small_key, small)
+    assert again is not None and not again.allowed
+    assert int(redis_client.get(f"ratelimit:{small_key}") or 0) == 4
+    raised = second.hit(small_key, 10)
+    assert raised is not None and raised.allowed and raised.count == 5
 
 
 def _healthy(client: httpx.Client) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -27,7 +28,7 @@ from api.img2img import live_progress, status_read
 from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry, output_urls
 from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
 from common import jobs, scheduler
-from common.db import autocommit_session
+from common.db import autocommit_connection
 from common.models import Job, JobState, JobStatus
 from common.settings import Settings
 from common.storage import Storage
@@ -109,17 +110,19 @@ def _status(
         job_id = None  # names nothing: 404, once the key is checked and counted
     # One pooled connection, in autocommit (reads only: no BEGIN/ROLLBACK round trips),
     # given back before the rate limiter's Redis round trip.
-    with autocommit_session() as session:
-        found = status_read.read(session, raw_key, job_id)  # scoped to the caller
+    with autocommit_connection() as conn:
+        found = status_read.read(conn, raw_key, job_id)  # scoped to the caller
         job = found.job
-        body = status_body(session, job, settings, found.queue_position) if job else None
+        body = status_body(conn, job, settings, found.queue_position) if job else None
     enforce_rate_limit(request, found.key, settings)
     if job is None or body is None:
         raise ApiError(404, "request not found")
     return _json(body.model_dump(), job)
 
 
-def queue_fields(session: Session, job: JobState, position: int | None = None) -> dict[str, Any]:
+def queue_fields(
+    session: Session | Connection, job: JobState, position: int | None = None
+) -> dict[str, Any]:
     """`queue_position` (read now unless given) and, for a queued job, `eta_seconds`
     from it and the pool's recent pace: neither grows in cost with the queue
     (common/scheduler.py)."""
@@ -135,7 +138,10 @@ def queue_fields(session: Session, job: JobState, position: int | None = None) -
 
 
 def status_body(
-    session: Session, job: JobState, settings: Settings, queue_position: int | None = None
+    session: Session | Connection,
+    job: JobState,
+    settings: Settings,
+    queue_position: int | None = None,
 ) -> StatusResponse:
     """The status of `job` (also sent by its event stream and by cancel); its
     `queue_position` is read unless given."""
