@@ -107,10 +107,10 @@ class _Lease:
 
 class Limiter:
     def __init__(self, url: str) -> None:
-        self._client = redis.Redis.from_url(
+        self.client = redis.Redis.from_url(
             url, socket_timeout=_TIMEOUT_SECONDS, socket_connect_timeout=_TIMEOUT_SECONDS
         )
-        self._script = self._client.register_script(_SCRIPT)
+        self.script = self.client.register_script(_SCRIPT)
         self._lock = threading.Lock()
         self._skip_until = 0.0
         self._leases: dict[uuid.UUID, _Lease] = {}
@@ -132,7 +132,7 @@ class Limiter:
             return None
         taken = lease_size(limit)
         try:
-            count, ttl = self._script(keys=[f"ratelimit:{key_id}"], args=[WINDOW_MS, taken])
+            count, ttl = self.script(keys=[f"ratelimit:{key_id}"], args=[WINDOW_MS, taken])
         except redis.RedisError as exc:
             with self._lock:
                 self._skip_until = time.monotonic() + _BACKOFF_SECONDS
@@ -163,6 +163,30 @@ def _limiter(url: str) -> Limiter:
 
 def hit(key_id: uuid.UUID, limit: int) -> RateDecision | None:
     return _limiter(get_settings().redis_url).hit(key_id, limit)
+
+
+def failures(name: str) -> tuple[int, int]:
+    """(failures `count_failure(name)` counted in the current minute, seconds until that
+    minute ends); (0, 0) when Redis is unavailable: fail open, as the request limit."""
+    limiter = _limiter(get_settings().redis_url)
+    try:
+        key = f"failures:{name}"
+        pipe = limiter.client.pipeline()
+        pipe.get(key)
+        pipe.pttl(key)
+        count, ttl = pipe.execute()
+    except redis.RedisError:
+        return 0, 0
+    return int(count or 0), max(1, math.ceil(int(ttl) / 1000))
+
+
+def count_failure(name: str) -> None:
+    """Count one failure of `name`: a fixed one-minute window, like the request limit."""
+    limiter = _limiter(get_settings().redis_url)
+    try:
+        limiter.script(keys=[f"failures:{name}"], args=[WINDOW_MS, 1])
+    except redis.RedisError:
+        logger.warning("failure counter: Redis unavailable; %s not counted", name)
 
 
 def enforce(request: Request, key_id: uuid.UUID, limit: int) -> None:

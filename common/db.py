@@ -29,6 +29,8 @@ def get_engine(url: str | None = None) -> Engine:
         # While PostgreSQL is down, fail fast (the API answers 503) instead of hanging:
         # a bounded connect, and a bounded wait for a pooled connection.
         pool_timeout=10,
+        # Errors and logs show statements without their values (prompts, key hashes).
+        hide_parameters=True,
         connect_args={"connect_timeout": 3},
     )
     ping_when_idle(engine, settings.database_ping_after_idle_seconds)

@@ -9,12 +9,29 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+MIN_ADMIN_TOKEN_LENGTH = 32
+# Secrets published in this repository's files (the first docker-compose.yml had them as
+# defaults) and the usual vendor defaults: anyone can read them, so no deployment may
+# run with one unless ENVIRONMENT=development.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {"change-me-please", "ssd", "postgres", "password", "minioadmin", "changeme", "secret"}
+)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", protected_namespaces=())
+    # hide_input_in_errors: a refused setting must not print the secrets beside it.
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", protected_namespaces=(), hide_input_in_errors=True
+    )
+
+    # "development" lets a local stack run with published default secrets (with a
+    # warning); anything else refuses to start with one (KNOWN_DEFAULT_SECRETS).
+    environment: Literal["production", "development"] = "production"
 
     # --- infrastructure -------------------------------------------------------------
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/ssd_img2img"
@@ -74,6 +91,9 @@ class Settings(BaseSettings):
     allow_loopback_urls: bool = False
     # Bearer token of the operator's /admin API; unset (or empty) = the admin API is off.
     admin_token: SecretStr | None = None
+    # Wrong admin tokens a client address may send per minute; past it, its admin calls
+    # get 429 (even with the right token) until the minute ends.
+    admin_auth_failures_per_minute: int = Field(default=20, ge=1)
     # Per-tenant limits for accounts that have no value of their own (NULL columns).
     # Requests per API key and minute, status polls included: the Segmind SDK polls once a
     # second per job, so 600 leaves room for several jobs in flight per key.
@@ -150,6 +170,37 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(default=0, ge=0)
     worker_max_rss_mb: int = Field(default=0, ge=0)
 
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_long_enough(cls, token: SecretStr | None) -> SecretStr | None:
+        # A short bearer token can be guessed; refuse to start with one (empty: off).
+        value = token.get_secret_value() if token is not None else ""
+        if value and len(value) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters "
+                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return token
+
+    @model_validator(mode="after")
+    def _no_default_secrets(self) -> Settings:
+        found = self.default_secrets()
+        if found and self.environment != "development":
+            raise ValueError(
+                f"{', '.join(found)}: a published default secret; set your own "
+                "(or ENVIRONMENT=development for a local stack)"
+            )
+        return self
+
+    def default_secrets(self) -> list[str]:
+        """The settings holding a published default secret (KNOWN_DEFAULT_SECRETS)."""
+        candidates = {
+            "DATABASE_URL (password)": _password(self.database_url),
+            "S3_SECRET_ACCESS_KEY": self.s3_secret_access_key,
+            "ADMIN_TOKEN": self.admin_token.get_secret_value() if self.admin_token else None,
+        }
+        return [name for name, value in candidates.items() if value in KNOWN_DEFAULT_SECRETS]
+
     @property
     def lease_renew_seconds(self) -> float:
         """The heartbeat's period: three renewals fit in one lease."""
@@ -167,3 +218,10 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def _password(database_url: str) -> str | None:
+    try:
+        return make_url(database_url).password
+    except ArgumentError:
+        return None  # not a URL at all: the database connection will say so

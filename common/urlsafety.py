@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import certifi
 import httpcore
@@ -107,6 +108,22 @@ _BLOCKED_V6: tuple[tuple[ipaddress.IPv6Network, str], ...] = (
     (_v6("fec0::/10"), "a site-local address"),
     (_v6("ff00::/8"), "a multicast address"),
 )
+
+
+def for_logs(url: str) -> str:
+    """`url` without what may be a secret: its user info, query and fragment (webhook
+    URLs often carry a token in the query). For logs; tenants see their own URLs whole."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port is None else f"{host}:{port}"
+    redacted = "?…" if parts.query or parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + redacted
 
 
 def address_problem(ip: IPAddress, *, allow_loopback: bool) -> str | None:

@@ -73,6 +73,25 @@ def test_admin_api_refuses_anything_but_the_admin_token(
             assert response.headers["www-authenticate"] == "Bearer"
 
 
+def test_wrong_admin_tokens_lock_out_their_address_only(live_stack: Stack) -> None:
+    """Past ADMIN_AUTH_FAILURES_PER_MINUTE (20) wrong tokens, an address gets 429 for
+    every admin call, the right token included; other addresses are not affected. The
+    guesser sends from 127.0.0.2 (its own counter), the operator from 127.0.0.1."""
+    guesser = httpx.HTTPTransport(local_address="127.0.0.2")
+    right = {"authorization": f"Bearer {live_stack.env['ADMIN_TOKEN']}"}
+    with httpx.Client(base_url=live_stack.api_url, transport=guesser, timeout=30) as client:
+        for i in range(20):
+            response = client.get("/admin/accounts", headers={"authorization": f"Bearer x{i}"})
+            assert response.status_code == 401, (i, response.text)
+        for headers in ({"authorization": "Bearer x20"}, right):
+            response = client.get("/admin/accounts", headers=headers)
+            assert response.status_code == 429, response.text
+            assert "too many wrong admin tokens" in response.json()["error"]
+            assert 1 <= int(response.headers["retry-after"]) <= 60
+    with live_stack.admin() as admin:
+        assert admin.get("/accounts").status_code == 200
+
+
 def test_admin_token_is_refused_by_the_tenant_api(live_stack: Stack) -> None:
     with live_stack.client(live_stack.env["ADMIN_TOKEN"]) as client:
         assert client.get("/v1/account").status_code == 401

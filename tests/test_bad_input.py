@@ -6,6 +6,7 @@ as stored in S3."""
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import socket
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from PIL import Image
 from sqlalchemy import func, select
@@ -56,6 +58,17 @@ def _account_state(account_id: str) -> tuple[int, int]:
         return account.balance, int(jobs)
 
 
+def _stored_objects(account_id: str) -> list[str]:
+    """The account's objects in S3 (inputs and outputs), read from the S3 server."""
+    store = get_storage()
+    return [
+        key
+        for prefix in (f"inputs/{account_id}/", f"outputs/{account_id}/")
+        for page in store.list_pages(prefix)
+        for key, _ in page
+    ]
+
+
 def _assert_refused_free(
     status: int, headers: Any, body: dict[str, Any], expected: int, field: str, account_id: str
 ) -> None:
@@ -65,6 +78,7 @@ def _assert_refused_free(
     # The field starts the message or one of its "; "-separated parts.
     assert re.search(rf"(^|; ){field}(\.\w+)*:", body["error"]), body
     assert _account_state(account_id) == (CREDITS, 0)
+    assert _stored_objects(account_id) == []  # nothing stored either
 
 
 def _post(live_stack: Stack, key: str, **kwargs: Any) -> tuple[int, Any, dict[str, Any]]:
@@ -214,6 +228,64 @@ def test_bad_fields_are_400_naming_the_field_and_free(
 ) -> None:
     status, headers, answer = _post(live_stack, account[1], json=body)
     _assert_refused_free(status, headers, answer, 400, field, account[0])
+
+
+# --- text PostgreSQL cannot store: NUL, lone surrogates ------------------------------------
+
+# As raw JSON, since a lone surrogate cannot be encoded by a client's JSON library.
+UNSTORABLE_CASES: list[tuple[str, str, str]] = [
+    # (field, JSON text of its value, a phrase of the error)
+    ("prompt", '"a cat\\u0000"', "nul"),
+    ("prompt", '"a \\ud800 cat"', "unicode"),
+    ("negative_prompt", '"dogs\\u0000"', "nul"),
+    ("negative_prompt", '"\\udfff"', "unicode"),
+    ("image", '"http://images.example/a.png\\u0000"', "nul"),
+    ("webhook_url", '"https://hooks.example/\\u0000"', "nul"),
+]
+
+
+@pytest.mark.parametrize("path", [SUBMIT, "/v1/ssd-img2img"])
+@pytest.mark.parametrize(
+    ("field", "value", "phrase"),
+    UNSTORABLE_CASES,
+    ids=[f"{field}-{phrase}" for field, _, phrase in UNSTORABLE_CASES],
+)
+def test_unstorable_text_is_400_naming_the_field_and_free(
+    live_stack: Stack, account: tuple[str, str], path: str, field: str, value: str, phrase: str
+) -> None:
+    body = {k: v for k, v in job_body().items() if k != field}
+    content = json.dumps(body)[:-1] + f', "{field}": {value}}}'
+    with live_stack.client(account[1]) as client:
+        response = client.post(
+            path, content=content.encode(), headers={"content-type": "application/json"}
+        )
+    _assert_refused_free(
+        response.status_code, response.headers, response.json(), 400, field, account[0]
+    )
+    assert phrase in response.json()["error"].lower()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/admin/accounts", '{"name": "acme\\u0000"}'),
+        ("/admin/accounts", '{"name": "\\ud83d"}'),
+        ("/admin/accounts", '{"name": "\\udfff"}'),
+        ("/v2/webhooks", '{"url": "https://hooks.example/x", "description": "a\\u0000"}'),
+    ],
+)
+def test_unstorable_text_in_admin_and_webhook_bodies_is_400(
+    live_stack: Stack, account: tuple[str, str], path: str, body: str
+) -> None:
+    headers = {"content-type": "application/json", "x-api-key": account[1]}
+    headers["authorization"] = f"Bearer {live_stack.env['ADMIN_TOKEN']}"
+    with httpx.Client(base_url=live_stack.api_url, timeout=60) as client:
+        response = client.post(path, content=body.encode(), headers=headers)
+    assert response.status_code == 400, response.text
+    # Ours ("must not contain NUL", "must be valid Unicode") or pydantic's own refusal of
+    # some lone surrogates ("unable to parse raw data as a unicode string").
+    error = response.json()["error"]
+    assert re.match(r"(name|description): .*(NUL|[Uu]nicode)", error), error
 
 
 @pytest.mark.parametrize("content", [b"[1, 2, 3]", b"null", b'"image"', b"{not json"])

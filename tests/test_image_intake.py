@@ -31,6 +31,9 @@ def _normalised(raw: bytes) -> Image.Image:
         (samples.truncated_jpeg(), "truncated or corrupt"),
         (samples.truncated_png(), "truncated or corrupt"),
         (samples.animated_gif(), "format GIF is not supported"),
+        # Formats Pillow reads but the service does not: their decoders are never tried.
+        (samples.encode(Image.new("RGB", (128, 128)), "BMP"), "not a JPEG, PNG or WebP image"),
+        (samples.encode(Image.new("RGB", (128, 128)), "TIFF"), "not a JPEG, PNG or WebP image"),
         (samples.animated_png(), "animated images are not supported"),
         (samples.cmyk_jpeg(), "CMYK images are not supported; send an RGB image"),
         (samples.png_16bit_rgb(), "16-bit PNGs are not supported"),

@@ -4,6 +4,7 @@ describes the same services as the local stack; the worker fails fast without a 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,20 @@ def test_compose_describes_the_stack() -> None:
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert "gpu" in gpu["capabilities"]
     assert "alembic upgrade head" in " ".join(services["migrate"]["command"])
+
+
+def test_compose_has_no_default_secrets_and_publishes_only_the_api_widely() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name in ("POSTGRES_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"):
+        assert "${" + name + ":?" in text, name  # required: compose stops without it
+        assert not re.search(r"\$\{" + name + r":?-", text), name  # no default
+    assert "${ADMIN_TOKEN:-}" in text  # empty by default: the admin API is off
+    services = yaml.safe_load(text)["services"]
+    assert "ports" not in services["postgres"] and "ports" not in services["redis"]
+    assert services["s3"]["ports"] == ["${S3_PUBLISH_ADDRESS:-127.0.0.1}:8333:8333"]
+    example = (ROOT / ".env.example").read_text()
+    for name in ("POSTGRES_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "ADMIN_TOKEN"):
+        assert f"\n{name}=\n" in example, name  # listed, and left for the operator to fill
 
 
 @pytest.mark.parametrize("model_id", ["{tmp}/no-such-model", "segmind/SSD-1B"])

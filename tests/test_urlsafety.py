@@ -442,3 +442,16 @@ def test_https_certificate_for_another_name_is_refused(
                 ssl_context=_client_trusting(certificates),
             )  # fmt: skip
         assert srv.requests == []
+
+
+@pytest.mark.parametrize(
+    ("url", "logged"),
+    [
+        ("https://hooks.example/in?token=s3cret", "https://hooks.example/in?…"),
+        ("https://user:pw@hooks.example:8443/a#frag", "https://hooks.example:8443/a?…"),
+        ("http://[2001:db8::1]/x?k=v", "http://[2001:db8::1]/x?…"),
+        ("https://hooks.example/plain", "https://hooks.example/plain"),
+    ],
+)
+def test_urls_in_logs_lose_user_info_query_and_fragment(url: str, logged: str) -> None:
+    assert urlsafety.for_logs(url) == logged

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api import ratelimit
 from api.deps import SettingsDep
 from api.errors import ApiError
 
@@ -21,6 +22,7 @@ _bearer = HTTPBearer(auto_error=False, description="The operator's ADMIN_TOKEN."
 
 
 def require_admin(
+    request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
@@ -31,6 +33,18 @@ def require_admin(
         raise ApiError(
             401, "missing admin token: send Authorization: Bearer <ADMIN_TOKEN>", _CHALLENGE
         )
+    # Guessing is slowed per client address: past ADMIN_AUTH_FAILURES_PER_MINUTE wrong
+    # tokens, every admin call from it is refused until the minute ends, before any
+    # comparison (so a guess in that time learns nothing, right or wrong).
+    source = f"admin-auth:{request.client.host if request.client else 'unknown'}"
+    failed, reset = ratelimit.failures(source)
+    if failed >= settings.admin_auth_failures_per_minute:
+        raise ApiError(
+            429,
+            f"too many wrong admin tokens from this address; retry in {reset}s",
+            {"Retry-After": str(reset)},
+        )
     # Constant-time comparison: response timing must not reveal how much of it matched.
     if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+        ratelimit.count_failure(source)
         raise ApiError(401, "invalid admin token", _CHALLENGE)

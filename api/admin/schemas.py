@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
+from api.text import Text
 from common import account_admin, limits
 from common.account_admin import MAX_CREDIT_CHANGE, MAX_LIMIT_VALUE, MAX_SCHEDULING_WEIGHT
 from common.accounts import NewApiKey
@@ -99,16 +100,6 @@ class CreditsChanged(BaseModel):
 
 
 # --- request bodies -------------------------------------------------------------------
-
-
-def _storable(value: str) -> str:
-    # PostgreSQL text cannot hold NUL: refuse it here as a 400, not later as a 500.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_storable)]
 
 
 class CreateAccountBody(BaseModel):

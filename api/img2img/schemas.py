@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.text import Text
 from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 
 MAX_SEED = 999_999_999_999_999
@@ -16,12 +17,12 @@ class Img2ImgRequest(BaseModel):
     # Unknown fields are ignored, as Segmind does: clients send extras like `base64`.
     model_config = ConfigDict(extra="ignore")
 
-    image: str = Field(
+    image: Text = Field(
         description="Input image: base64 (plain or a data: URI), or an http(s) URL to fetch.",
         min_length=1,
     )
-    prompt: str = Field(description="Prompt to render.", min_length=1)
-    negative_prompt: str | None = Field(default=None, description="What to keep out of the image.")
+    prompt: Text = Field(description="Prompt to render.", min_length=1)
+    negative_prompt: Text | None = Field(default=None, description="What to keep out of the image.")
     samples: int = Field(
         default=1, ge=1, le=4, strict=True, description="Images to generate; affects the price."
     )
@@ -51,7 +52,7 @@ class Img2ImgRequest(BaseModel):
         default=True, description="v1 only: JSON with base64 instead of JPEG bytes."
     )
     # Not Segmind's: signed webhooks of this job (README "Webhooks", common/webhooks).
-    webhook_url: str | None = Field(
+    webhook_url: Text | None = Field(
         default=None,
         min_length=1,
         max_length=2048,

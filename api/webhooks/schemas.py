@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
+from api.text import Text
 from common.models import (
     WebhookAttempt,
     WebhookAttemptOutcome,
@@ -19,16 +20,6 @@ from common.models import (
 from common.webhooks.signing_keys import SecretsInForce
 
 EventName = Literal["started", "progress", "completed"]
-
-
-def _storable(value: str) -> str:
-    # PostgreSQL text cannot hold NUL: refuse it here as a 400, not later as a 500.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-Text = Annotated[str, AfterValidator(_storable)]
 
 
 class CreateEndpointBody(BaseModel):

@@ -379,7 +379,7 @@ def deliver(delivery_id: uuid.UUID, settings: Settings | None = None) -> Attempt
         "webhook %s attempt %s to %s: %s (%s)",
         delivery_id,
         attempt.number,
-        attempt.url,
+        urlsafety.for_logs(attempt.url),
         outcome.value,
         result.status_code or result.error,
     )
