@@ -8,7 +8,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.admin.schemas import LimitsView
+from api.admin.schemas import LimitsView, limits_view
 from api.deps import CurrentAccount, SessionDep, SettingsDep
 from api.errors import error_responses
 from common import account_admin, limits
@@ -50,11 +50,7 @@ def get_account(
         name=account.name,
         status=account.status,
         balance=account.balance,
-        limits=LimitsView(
-            rate_limit_per_minute=in_force.rate_limit_per_minute,
-            max_jobs_in_flight=in_force.max_jobs_in_flight,
-            scheduling_weight=in_force.scheduling_weight,
-        ),
+        limits=limits_view(in_force),
         jobs_in_flight=limits.jobs_in_flight(session, account.id),
         recent_ledger=[
             AccountLedgerEntry(

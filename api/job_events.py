@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class Inbox:
         self.latest_progress: progress.Progress | None = None
         self.recheck = False  # read the job again: it started, finished, or news were lost
         self.swept: SweptState | None = None
+        self.arrived_at = time.monotonic()  # of the latest news: a read must start later
 
     def take(self) -> tuple[progress.Progress | None, bool, SweptState | None]:
         """What arrived since the last take, emptying the inbox."""
@@ -109,8 +111,10 @@ class JobEventHub(PubSubListener):
         return sum(len(inboxes) for inboxes in self._inboxes.values())
 
     def _deliver(self, job_id: uuid.UUID, fill: Callable[[Inbox], None]) -> None:
+        now = time.monotonic()
         for inbox in self._inboxes.get(job_id, ()):
             fill(inbox)
+            inbox.arrived_at = now
             inbox.wake.set()
 
     def on_subscribed(self) -> None:

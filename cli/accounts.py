@@ -51,7 +51,11 @@ def _describe(account: schemas.AccountView) -> str:
         f"in flight max {account.limits.max_jobs_in_flight}"
         f"{'' if overrides.max_jobs_in_flight is not None else ' (default)'}  "
         f"weight {account.limits.scheduling_weight}"
-        f"{'' if overrides.scheduling_weight is not None else ' (default)'}"
+        f"{'' if overrides.scheduling_weight is not None else ' (default)'}  "
+        f"URL fetches max {account.limits.max_url_fetches}"
+        f"{'' if overrides.max_url_fetches is not None else ' (default)'}  "
+        f"streams max {account.limits.max_streams}"
+        f"{'' if overrides.max_streams is not None else ' (default)'}"
     )
 
 
@@ -162,25 +166,44 @@ accounts_reactivate = _status_command(
 @click.option(
     "--weight", type=LimitValue(), help="Share of the GPUs in the fair order, or 'default' (1)."
 )
+@click.option(
+    "--max-url-fetches",
+    type=LimitValue(),
+    help="Image URL fetches at once per API process, or 'default'.",
+)
+@click.option(
+    "--max-streams",
+    type=LimitValue(),
+    help="Event streams + v1 waits open at once per API process, or 'default'.",
+)
 @_json_option
 def accounts_set_limits(
     account_id: uuid.UUID,
     rate_limit: int | None,
     max_in_flight: int | None,
     weight: int | None,
+    max_url_fetches: int | None,
+    max_streams: int | None,
     as_json: bool,
 ) -> None:
     """Set the account's own limits; options left out stay as they are."""
     ctx = click.get_current_context()
-    changes: dict[str, int | None] = {}
-    if ctx.get_parameter_source("rate_limit") != click.core.ParameterSource.DEFAULT:
-        changes["rate_limit_per_minute"] = rate_limit
-    if ctx.get_parameter_source("max_in_flight") != click.core.ParameterSource.DEFAULT:
-        changes["max_jobs_in_flight"] = max_in_flight
-    if ctx.get_parameter_source("weight") != click.core.ParameterSource.DEFAULT:
-        changes["scheduling_weight"] = weight
+    given = {
+        "rate_limit_per_minute": ("rate_limit", rate_limit),
+        "max_jobs_in_flight": ("max_in_flight", max_in_flight),
+        "scheduling_weight": ("weight", weight),
+        "max_url_fetches": ("max_url_fetches", max_url_fetches),
+        "max_streams": ("max_streams", max_streams),
+    }
+    changes: dict[str, int | None] = {
+        column: value
+        for column, (option, value) in given.items()
+        if ctx.get_parameter_source(option) != click.core.ParameterSource.DEFAULT
+    }
     if not changes:
-        raise click.UsageError("give --rate-limit, --max-in-flight and/or --weight")
+        raise click.UsageError(
+            "give --rate-limit, --max-in-flight, --weight, --max-url-fetches and/or --max-streams"
+        )
     with operation() as session:
         account = account_admin.set_limits(session, account_id, **changes)
         body = schemas.account_view(account, get_settings())

@@ -95,6 +95,8 @@ def set_limits(
     rate_limit_per_minute: int | _Keep | None = KEEP,
     max_jobs_in_flight: int | _Keep | None = KEEP,
     scheduling_weight: int | _Keep | None = KEEP,
+    max_url_fetches: int | _Keep | None = KEEP,
+    max_streams: int | _Keep | None = KEEP,
 ) -> Account:
     """Set an account's own limits; None returns a limit to the settings' default."""
     get_account(session, account_id)
@@ -103,6 +105,8 @@ def set_limits(
         ("rate_limit_per_minute", rate_limit_per_minute, MAX_LIMIT_VALUE),
         ("max_jobs_in_flight", max_jobs_in_flight, MAX_LIMIT_VALUE),
         ("scheduling_weight", scheduling_weight, MAX_SCHEDULING_WEIGHT),
+        ("max_url_fetches", max_url_fetches, MAX_LIMIT_VALUE),
+        ("max_streams", max_streams, MAX_LIMIT_VALUE),
     ):
         if isinstance(value, _Keep):
             continue

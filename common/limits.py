@@ -1,9 +1,10 @@
 """Per-tenant limits: an account's own values, or the settings' defaults where it has none.
 
-Two limits exist: a request rate per API key (enforced by the API with Redis, see
-api/ratelimit.py) and a cap on the account's jobs in flight (QUEUED + PROCESSING),
-enforced here, in PostgreSQL, in the transaction that inserts the job. With them, the
-account's weight in the scheduler's fair order (common/scheduler.py; default 1).
+A request rate per API key (enforced by the API with Redis, see api/ratelimit.py); a
+cap on the account's jobs in flight (QUEUED + PROCESSING), enforced here, in PostgreSQL,
+in the transaction that inserts the job; bounds of the account's open work in each API
+process, image URL fetches and streams (api/open_work.py). With them, the account's
+weight in the scheduler's fair order (common/scheduler.py; default 1).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class Limits:
     rate_limit_per_minute: int
     max_jobs_in_flight: int
     scheduling_weight: int
+    max_url_fetches: int  # image URL fetches at once, per API process
+    max_streams: int  # event streams + v1 waits open at once, per API process
 
 
 class TooManyJobsInFlight(Exception):
@@ -47,6 +50,8 @@ def effective_limits(account: Account, settings: Settings) -> Limits:
             account.max_jobs_in_flight, settings.default_max_jobs_in_flight
         ),
         scheduling_weight=_or_default(account.scheduling_weight, DEFAULT_SCHEDULING_WEIGHT),
+        max_url_fetches=_or_default(account.max_url_fetches, settings.default_max_url_fetches),
+        max_streams=_or_default(account.max_streams, settings.default_max_streams),
     )
 
 

@@ -94,6 +94,8 @@ class Account(Base):
         CheckConstraint("rate_limit_per_minute > 0", name="rate_limit_per_minute_positive"),
         CheckConstraint("max_jobs_in_flight > 0", name="max_jobs_in_flight_positive"),
         CheckConstraint("scheduling_weight > 0", name="scheduling_weight_positive"),
+        CheckConstraint("max_url_fetches > 0", name="max_url_fetches_positive"),
+        CheckConstraint("max_streams > 0", name="max_streams_positive"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -111,6 +113,10 @@ class Account(Base):
     # Share of the GPUs in the fair order when several accounts have queued work: an
     # account of weight 2 gets twice the GPU work of one of weight 1 (common/scheduler.py).
     scheduling_weight: Mapped[int | None] = mapped_column(Integer)
+    # Open work in each API process (api/open_work.py): image URL fetches at once, and
+    # event streams plus v1 waits open at once.
+    max_url_fetches: Mapped[int | None] = mapped_column(Integer)
+    max_streams: Mapped[int | None] = mapped_column(Integer)
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="account")
 

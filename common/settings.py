@@ -98,6 +98,16 @@ class Settings(BaseSettings):
     # Requests per API key and minute, status polls included: the Segmind SDK polls once a
     # second per job, so 600 leaves room for several jobs in flight per key.
     default_rate_limit_per_minute: int = Field(default=600, ge=1)
+    # Open work of one account in each API process (api/open_work.py); past a bound, 429.
+    # Image URL fetches at once: each holds a request thread for up to
+    # IMAGE_FETCH_TIMEOUT_SECONDS while the URL's server answers (maybe slowly).
+    default_max_url_fetches: int = Field(default=4, ge=1)
+    # Event streams plus v1 waits open at once (each holds a connection and a little
+    # memory, no thread).
+    default_max_streams: int = Field(default=32, ge=1)
+    # All accounts' image URL fetches at once in one API process: keep it well below
+    # the request threads (40), so that a fetch storm never leaves the others waiting.
+    max_url_fetches_per_process: int = Field(default=16, ge=1)
     default_max_jobs_in_flight: int = Field(default=16, ge=1)  # QUEUED + PROCESSING
     # v1 (synchronous) requests: how long the call waits for its job before answering
     # 504 with the request id (the job goes on; poll it through v2), and how often one

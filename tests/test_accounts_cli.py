@@ -102,20 +102,31 @@ def test_suspend_reactivate_and_limits(live_stack: Stack) -> None:
 
     set_limits = ("accounts", "set-limits", account_id)
     limited = cli_json(
-        live_stack, *set_limits, "--rate-limit", "7", "--max-in-flight", "2", "--weight", "3"
+        live_stack,
+        *set_limits,
+        *("--rate-limit", "7", "--max-in-flight", "2", "--weight", "3"),
+        *("--max-url-fetches", "1", "--max-streams", "6"),
     )
     assert limited["limits"] == {
         "rate_limit_per_minute": 7,
         "max_jobs_in_flight": 2,
         "scheduling_weight": 3,
+        "max_url_fetches": 1,
+        "max_streams": 6,
     }
     assert me(live_stack, key).json()["limits"] == limited["limits"]
 
-    reset = cli_json(live_stack, *set_limits, "--rate-limit", "default", "--weight", "default")
+    reset = cli_json(
+        live_stack,
+        *set_limits,
+        *("--rate-limit", "default", "--weight", "default", "--max-streams", "default"),
+    )
     assert reset["limit_overrides"] == {
         "rate_limit_per_minute": None,
         "max_jobs_in_flight": 2,
         "scheduling_weight": None,
+        "max_url_fetches": 1,
+        "max_streams": None,
     }
 
     assert "--rate-limit" in cli_fails(live_stack, *set_limits).stderr

@@ -68,8 +68,11 @@ def test_limits_are_per_account_with_defaults(live_stack: Stack) -> None:
         "rate_limit_per_minute": None,
         "max_jobs_in_flight": None,
         "scheduling_weight": None,
+        "max_url_fetches": None,
+        "max_streams": None,
     }
     assert defaults["scheduling_weight"] == 1
+    assert (defaults["max_url_fetches"], defaults["max_streams"]) == (4, 32)  # the settings'
 
     body = set_limits(live_stack, account_id, max_jobs_in_flight=3)
     assert body["limits"] == {**defaults, "max_jobs_in_flight": 3}
@@ -79,6 +82,9 @@ def test_limits_are_per_account_with_defaults(live_stack: Stack) -> None:
     assert body["limits"]["scheduling_weight"] == 4
     assert me(live_stack, key).json()["limits"] == body["limits"]
     body = set_limits(live_stack, account_id, scheduling_weight=None)
+    body = set_limits(live_stack, account_id, max_url_fetches=2, max_streams=5)
+    assert (body["limits"]["max_url_fetches"], body["limits"]["max_streams"]) == (2, 5)
+    body = set_limits(live_stack, account_id, max_url_fetches=None, max_streams=None)
 
     body = set_limits(live_stack, account_id, rate_limit_per_minute=None)  # back to default
     assert body["limits"] == {**defaults, "max_jobs_in_flight": 3}
@@ -86,6 +92,8 @@ def test_limits_are_per_account_with_defaults(live_stack: Stack) -> None:
         "rate_limit_per_minute": None,
         "max_jobs_in_flight": 3,
         "scheduling_weight": None,
+        "max_url_fetches": None,
+        "max_streams": None,
     }
 
     with live_stack.admin() as admin:
@@ -96,6 +104,8 @@ def test_limits_are_per_account_with_defaults(live_stack: Stack) -> None:
             {"rate_limit_per_minute": "5"},
             {"scheduling_weight": 0},
             {"scheduling_weight": 1001},
+            {"max_url_fetches": 0},
+            {"max_streams": "3"},
             {"burst": 5},
         ):
             response = admin.patch(f"/accounts/{account_id}/limits", json=bad)

@@ -6,6 +6,7 @@ creates it.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime
 from typing import Literal
@@ -30,6 +31,10 @@ class LimitsView(BaseModel):
         description="Share of the GPUs while several accounts have jobs queued: weight 2 "
         "gets twice the GPU work of weight 1 (docs/scheduling.md)."
     )
+    max_url_fetches: int = Field(description="Image URL fetches at once, per API process.")
+    max_streams: int = Field(
+        description="Event streams and v1 waits open at once, per API process."
+    )
 
 
 class LimitOverrides(BaseModel):
@@ -38,6 +43,8 @@ class LimitOverrides(BaseModel):
     rate_limit_per_minute: int | None
     max_jobs_in_flight: int | None
     scheduling_weight: int | None
+    max_url_fetches: int | None
+    max_streams: int | None
 
 
 class LedgerEntryView(BaseModel):
@@ -138,9 +145,15 @@ class SetLimitsBody(BaseModel):
     rate_limit_per_minute: int | None = Field(default=None, ge=1, le=MAX_LIMIT_VALUE, strict=True)
     max_jobs_in_flight: int | None = Field(default=None, ge=1, le=MAX_LIMIT_VALUE, strict=True)
     scheduling_weight: int | None = Field(default=None, ge=1, le=MAX_SCHEDULING_WEIGHT, strict=True)
+    max_url_fetches: int | None = Field(default=None, ge=1, le=MAX_LIMIT_VALUE, strict=True)
+    max_streams: int | None = Field(default=None, ge=1, le=MAX_LIMIT_VALUE, strict=True)
 
 
 # --- builders ---------------------------------------------------------------------------
+
+
+def limits_view(in_force: limits.Limits) -> LimitsView:
+    return LimitsView(**dataclasses.asdict(in_force))
 
 
 def account_view(account: Account, settings: Settings) -> AccountView:
@@ -151,15 +164,13 @@ def account_view(account: Account, settings: Settings) -> AccountView:
         status=account.status,
         balance=account.balance,
         created_at=account.created_at,
-        limits=LimitsView(
-            rate_limit_per_minute=in_force.rate_limit_per_minute,
-            max_jobs_in_flight=in_force.max_jobs_in_flight,
-            scheduling_weight=in_force.scheduling_weight,
-        ),
+        limits=limits_view(in_force),
         limit_overrides=LimitOverrides(
             rate_limit_per_minute=account.rate_limit_per_minute,
             max_jobs_in_flight=account.max_jobs_in_flight,
             scheduling_weight=account.scheduling_weight,
+            max_url_fetches=account.max_url_fetches,
+            max_streams=account.max_streams,
         ),
     )
 

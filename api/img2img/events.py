@@ -18,9 +18,13 @@ from PostgreSQL only when its state changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
+import time
 import uuid
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +37,10 @@ from api.errors import ApiError, error_responses, parse_id
 from api.img2img import live_progress
 from api.img2img.endpoints import result_response, status_body
 from api.job_events import Inbox, JobEventHub, job_events
+from api.open_work import Slot, Work, open_work
 from common import jobs, progress
 from common.db import session_scope
+from common.limits import effective_limits
 from common.models import JobStatus
 from common.settings import Settings
 from common.storage import Storage
@@ -84,6 +90,44 @@ def _snapshot(
         return Snapshot(job.status, body, final, job.attempts)
 
 
+@dataclass
+class _Read:
+    started_at: float
+    task: asyncio.Task[Snapshot | None]
+
+
+# The read in progress of each job (and base URL, which the result's links carry): the
+# streams of one job woken by the same news share one database read instead of making
+# one each (a finished job followed by 200 streams is one read, not 200). A task of its
+# own, so that a stream whose client goes away cancels only its own wait.
+_reads: dict[tuple[uuid.UUID, str], _Read] = {}
+
+
+async def shared_snapshot(stream: _Stream, not_before: float) -> Snapshot | None:
+    """The job's snapshot from a read started at `not_before` or later: the one in
+    progress if it started late enough, else a new one that later streams may join."""
+    key = (stream.job_id, str(stream.request.base_url))
+    current = _reads.get(key)
+    if current is None or current.started_at < not_before:
+        current = _Read(time.monotonic(), asyncio.ensure_future(_read(stream)))
+        _reads[key] = current
+        current.task.add_done_callback(functools.partial(_forget, key, current))
+    return await asyncio.shield(current.task)
+
+
+async def _read(stream: _Stream) -> Snapshot | None:
+    return await run_in_threadpool(
+        _snapshot, stream.job_id, stream.account_id, stream.request, stream.settings, stream.store
+    )
+
+
+def _forget(key: tuple[uuid.UUID, str], read: _Read, task: asyncio.Task[Snapshot | None]) -> None:
+    if _reads.get(key) is read:
+        del _reads[key]
+    if not task.cancelled():
+        task.exception()  # retrieved (each waiter raises it): no "never retrieved" warning
+
+
 def _event(name: str, data: str) -> str:
     return f"event: {name}\ndata: {data}\n\n"
 
@@ -116,11 +160,10 @@ class _Stream:
         self.attempt = 0
         self.done = False
 
-    async def read(self) -> list[str]:
-        """Read the job; the events that says, if any."""
-        snap = await run_in_threadpool(
-            _snapshot, self.job_id, self.account_id, self.request, self.settings, self.store
-        )
+    async def read(self, not_before: float) -> list[str]:
+        """Read the job (a read started at `not_before` or later, maybe shared with the
+        job's other streams); the events that says, if any."""
+        snap = await shared_snapshot(self, not_before)
         if snap is None:  # the row vanished (an account removed): nothing more to say
             self.done = True
             return []
@@ -146,13 +189,14 @@ class _Stream:
         return events
 
     async def on_news(self, inbox: Inbox) -> list[str]:
+        arrived_at = inbox.arrived_at
         report, recheck, swept = inbox.take()
         events: list[str] = []
         state_changed = swept is not None and swept.status != self.status
         # Progress of a job we still think QUEUED: its "started" notice was lost or is late.
         started_unseen = report is not None and self.status == JobStatus.QUEUED
         if recheck or state_changed or started_unseen:
-            events += await self.read()
+            events += await self.read(not_before=arrived_at)
             if self.done:
                 return events
         elif (
@@ -177,11 +221,11 @@ def _progress_fields(status: dict[str, Any]) -> dict[str, Any]:
     return {name: status.get(name) for name in names}
 
 
-async def _run(stream: _Stream, hub: JobEventHub) -> AsyncIterator[str]:
+async def _run(stream: _Stream, hub: JobEventHub, slot: Slot) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
-    with hub.register(stream.job_id) as inbox:  # before the first read: nothing missed
+    with slot, hub.register(stream.job_id) as inbox:  # before the first read: nothing missed
         last_sent = loop.time()
-        for event in await stream.read():
+        for event in await stream.read(not_before=time.monotonic()):
             yield event
         while not stream.done:
             # Counted from the last thing sent, not the last wake-up: the sweeper wakes
@@ -220,13 +264,27 @@ async def stream_events(
     account: CurrentAccount,
 ) -> StreamingResponse:
     job_id = parse_id(request_id, "request")
+    # Counted from here until the stream ends (api/open_work.py): 429 past the bound.
+    slot = open_work.take(Work.STREAM, account.id, effective_limits(account, settings).max_streams)
     # Checked before the stream starts, so that a missing or another tenant's job is a
     # plain 404 (the stream itself reads the job again, after registering its inbox).
-    if not await run_in_threadpool(_exists, job_id, account.id):
-        raise ApiError(404, "request not found")
+    with _released_on_error(slot):
+        if not await run_in_threadpool(_exists, job_id, account.id):
+            raise ApiError(404, "request not found")
     stream = _Stream(job_id, account.id, request, settings, store)
+    # The stream's end releases the slot; this, a response dropped before it streamed.
+    weakref.finalize(stream, slot.release)
     return StreamingResponse(
-        _run(stream, job_events(request.app)),
+        _run(stream, job_events(request.app), slot),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
+
+
+@contextlib.contextmanager
+def _released_on_error(slot: Slot) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        slot.release()
+        raise

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.idempotency import IdempotencyKey, check_unused
-from api.image_source import load_image_bytes
+from api.image_source import is_url, load_image_bytes
 from api.img2img.schemas import MAX_SEED, Img2ImgRequest
+from api.open_work import Work, open_work
 from common import credits, limits, storage, tasks
 from common.db import autocommit_session
 from common.images import ImageError, check
@@ -55,6 +57,15 @@ def _check_in_flight(session: Session, account: Account, settings: Settings, *, 
         raise ApiError(429, str(exc)) from exc
 
 
+def _fetch_slot(image: str, account: Account, settings: Settings) -> AbstractContextManager[object]:
+    """A slot of the account's (and the process's) bounded image URL fetches, held
+    while the URL is fetched (api/open_work.py); nothing for base64."""
+    if not is_url(image):
+        return nullcontext()
+    bound = limits.effective_limits(account, settings).max_url_fetches
+    return open_work.take(Work.URL_FETCH, account.id, bound, settings.max_url_fetches_per_process)
+
+
 def submit(
     session: Session,
     store: Storage,
@@ -82,7 +93,8 @@ def submit(
         # the conditional debit below is the real check
         raise ApiError(406, str(credits.InsufficientCredits(cost, account.balance)))
     try:
-        raw = load_image_bytes(req.image, settings)  # base64, data: URI or http(s) URL
+        with _fetch_slot(req.image, account, settings):
+            raw = load_image_bytes(req.image, settings)  # base64, data: URI or http(s) URL
         # Checks only: the worker normalises it (common/images.py).
         image = check(raw, max_pixels=settings.max_image_pixels, max_side=settings.max_output_side)
     except ImageError as exc:

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import idempotency
@@ -33,9 +34,12 @@ from api.img2img.endpoints import SUBMIT_ERRORS
 from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry
 from api.img2img.schemas import Img2ImgRequest
 from api.job_waiters import JobWaiters, job_waiters
+from api.open_work import Work, open_work
 from common import jobs
 from common.db import session_scope
+from common.limits import effective_limits
 from common.models import Account, Job, JobStatus
+from common.settings import Settings
 from common.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -145,6 +149,20 @@ async def run_v1(
 ) -> Response:
     """Generate and wait: the answer is the image itself (Segmind's v1 protocol)."""
     key = idempotency.parse(idempotency_key, body)
+    # The wait is counted from before the submit: a refused one costs nothing.
+    with open_work.take(Work.STREAM, account.id, effective_limits(account, settings).max_streams):
+        return await _submit_and_wait(body, request, session, settings, store, account, key)
+
+
+async def _submit_and_wait(
+    body: Img2ImgRequest,
+    request: Request,
+    session: Session,
+    settings: Settings,
+    store: Storage,
+    account: Account,
+    key: idempotency.IdempotencyKey | None,
+) -> Response:
     submitted = await run_in_threadpool(
         idempotency.submit_and_commit, session, store, settings, account, body, key
     )
