@@ -17,6 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common import error_ids
 from common.refusals import Conflict, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
@@ -121,22 +122,27 @@ def install_error_handlers(app: FastAPI) -> None:
         # PostgreSQL down or unreachable: say so quickly; the pool checks idle
         # connections and drops dead ones (common.db.ping_when_idle), so the API
         # recovers by itself once it is back.
-        logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return error_response(
-            503, "the database is unavailable; retry shortly", {"Retry-After": "5"}
+        error_id = error_ids.new()
+        logger.warning(
+            "%s: database unavailable on %s %s: %s", error_id, request.method, request.url.path, exc
         )
+        reason = error_ids.for_tenants("the database is unavailable; retry shortly", error_id)
+        return error_response(503, reason, {"Retry-After": "5"})
 
     @app.exception_handler(BotoCoreError)
     @app.exception_handler(ClientError)
     async def _storage_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # Object storage refusing or unreachable while storing an input or signing a URL:
         # nothing was charged (the input is stored before the debit).
-        logger.warning("object storage error on %s %s: %s", request.method, request.url.path, exc)
-        return error_response(
-            503, "object storage is unavailable; retry shortly", {"Retry-After": "5"}
+        error_id = error_ids.new()
+        logger.warning(
+            "%s: object storage error on %s %s: %s", error_id, request.method, request.url.path, exc
         )
+        reason = error_ids.for_tenants("object storage is unavailable; retry shortly", error_id)
+        return error_response(503, reason, {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error")
+        error_id = error_ids.new()
+        logger.exception("%s: unhandled error on %s %s", error_id, request.method, request.url.path)
+        return error_response(500, error_ids.for_tenants("internal server error", error_id))

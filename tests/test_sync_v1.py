@@ -144,7 +144,7 @@ def test_failed_job_is_422_with_its_error_and_refunded(
     assert response.status_code == 422, response.text
     assert response.headers["x-request-id"] == str(job_id)
     error = response.json()["error"]
-    assert str(job_id) in error and "generation failed" in error
+    assert str(job_id) in error and "reading the input image failed (error id err_" in error
     assert response.json()["status"] == "FAILED"
     assert response.headers["x-remaining-credits"] == "100"  # refunded, and the header says so
 
@@ -172,13 +172,13 @@ def test_the_sdk_raises_the_jobs_error_on_v1_and_v2(
         with pytest.raises(SegmindError) as raised:
             pending.result()
     assert raised.value.status == 422
-    assert raised.value.detail is not None and "generation failed" in raised.value.detail
+    assert raised.value.detail is not None and "failed (error id err_" in raised.value.detail
 
     handle = client.submit_async("ssd-img2img", **job_body())
     _fail_on_the_worker(uuid.UUID(handle.request_id))
     with pytest.raises(InferenceFailed) as failed:
         handle.wait(timeout=120, interval=0.2)
-    assert failed.value.detail is not None and "generation failed" in failed.value.detail
+    assert failed.value.detail is not None and "failed (error id err_" in failed.value.detail
 
 
 def test_lost_notification_is_covered_by_the_recheck(

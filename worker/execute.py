@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
-from common import images, jobs, leases, scheduler, storage
+from common import error_ids, images, jobs, leases, scheduler, storage
 from common.db import session_scope
 from common.models import Job
 from common.settings import Settings
@@ -125,11 +125,16 @@ def _request(job: ClaimedJob, store: Storage) -> GenerationRequest:
     )
 
 
-def _failure(exc: BaseException) -> str:
+def _failure(exc: BaseException, what: str, stage: str = "generation") -> str:
+    """The error recorded on the failed job (tenants read it): which part failed and an
+    error id; the detail (`exc`, its traceback) is logged under that id, never shown."""
     # Storage outages fail the job (refunded) rather than hold the GPU retrying: the
     # client may submit again; the error says which part failed.
-    stage = "object storage" if isinstance(exc, BotoCoreError | ClientError) else "generation"
-    return f"{stage} failed: {type(exc).__name__}: {exc}"
+    if isinstance(exc, BotoCoreError | ClientError):
+        stage = "object storage"
+    error_id = error_ids.new()
+    logger.error("%s: %s failed: %s: %s", error_id, what, type(exc).__name__, exc, exc_info=exc)
+    return error_ids.for_tenants(f"{stage} failed", error_id)
 
 
 class BatchRun:
@@ -228,8 +233,8 @@ class BatchRun:
             try:
                 member.request = _request(member.job, self.store)
             except Exception as exc:
-                logger.exception("job %s: cannot read its input", member.job.id)
-                self._fail(member, _failure(exc))
+                what = f"job {member.job.id}: reading its input"
+                self._fail(member, _failure(exc, what, "reading the input image"))
         live = self._live()
         if not live:
             return None
@@ -240,9 +245,10 @@ class BatchRun:
         except _AllStopped:
             return None
         except Exception as exc:
-            logger.exception("the pipeline call of %d jobs failed", len(live))
-            for member in self._live():
-                self._fail(member, _failure(exc))
+            members = self._live()
+            error = _failure(exc, f"the pipeline call of {', '.join(str(m.job.id) for m in live)}")
+            for member in members:
+                self._fail(member, error)
             return None
         return list(zip(live, results, strict=True))
 
@@ -263,8 +269,7 @@ class BatchRun:
                 self.store.put(key, to_jpeg(image), "image/jpeg")
                 keys.append(key)
         except Exception as exc:
-            logger.exception("job %s: upload failed", job.id)
-            self._fail(member, _failure(exc))
+            self._fail(member, _failure(exc, f"job {job.id}: uploading its outputs"))
             return
         metrics = self._metrics(member)
         self._end(member)
