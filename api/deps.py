@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -84,10 +85,37 @@ def usable_key(key: ApiKey | None) -> ApiKey:
 
 def refuse_unusable(revoked_at: datetime | None, account_status: AccountStatus) -> None:
     """401 for a revoked key, 403 for a suspended account."""
+    refusal = refusal_of(revoked_at, account_status)
+    if refusal is not None:
+        raise refusal
+
+
+def refusal_of(revoked_at: datetime | None, account_status: AccountStatus) -> ApiError | None:
     if revoked_at is not None:
-        raise ApiError(401, "API key revoked: ask the operator for a new key")
+        return ApiError(401, "API key revoked: ask the operator for a new key")
     if account_status != AccountStatus.ACTIVE:
-        raise ApiError(403, "account suspended: ask the operator to reactivate it")
+        return ApiError(403, "account suspended: ask the operator to reactivate it")
+    return None
+
+
+def refused_keys(key_ids: list[uuid.UUID]) -> dict[uuid.UUID, ApiError]:
+    """Which of `key_ids` may no longer be used (revoked, suspended account, deleted),
+    with the refusal each now gets: one query, for the sweeps that end the open streams
+    and v1 waits of such keys (api/job_events.py, api/job_waiters.py)."""
+    with autocommit_session() as session:
+        rows = session.execute(
+            select(ApiKey.id, ApiKey.revoked_at, Account.status)
+            .join(Account, Account.id == ApiKey.account_id)
+            .where(ApiKey.id.in_(key_ids))
+        ).all()
+    refused = {key_id: ApiError(401, INVALID_KEY) for key_id in key_ids}  # deleted: unknown
+    for key_id, revoked_at, status in rows:
+        refusal = refusal_of(revoked_at, status)
+        if refusal is None:
+            del refused[key_id]
+        else:
+            refused[key_id] = refusal
+    return refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +154,14 @@ def current_account(
     with autocommit_session() as session:
         key = check_key(session, x_api_key)
     enforce_rate_limit(request, CallerKey.of(key), settings)
+    request.state.api_key_id = key.id  # for work that outlives this check (streams, waits)
     return key.account
+
+
+def caller_key_id(request: Request) -> uuid.UUID:
+    """The id of the key `current_account` checked for this request."""
+    key_id: uuid.UUID = request.state.api_key_id
+    return key_id
 
 
 CurrentAccount = Annotated[Account, Depends(current_account)]

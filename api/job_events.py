@@ -9,7 +9,8 @@ One `JobEventHub` per API process keeps an inbox per open stream and fills it fr
 - ONE sweeper query every `sync_wait_recheck_seconds` giving the status (and queue
   position) of every job some stream follows, because pub/sub is at-most-once: a lost
   "started" or "finished" notice is made up for there, and queued jobs learn their
-  new queue position.
+  new queue position; and one more asking whether any stream's API key was revoked or
+  its account suspended (such a stream ends with an `error` event).
 
 A stream sleeps on its inbox's asyncio event and reads its job from PostgreSQL only
 when the job's state changed (or may have: a notice, a resubscription).
@@ -30,6 +31,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from api.deps import refused_keys
+from api.errors import ApiError
 from api.pubsub import PubSubListener, listener_lifespan, started_listener
 from common import notify, progress, scheduler
 from common.db import session_scope
@@ -63,7 +66,9 @@ def swept_states(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, SweptState]:
 class Inbox:
     """News about one job for one stream; `wake` is set whenever something arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, key_id: uuid.UUID | None = None) -> None:
+        self.key_id = key_id  # the stream's API key
+        self.refusal: ApiError | None = None  # set once that key may no longer be used
         self.wake = asyncio.Event()
         self.latest_progress: progress.Progress | None = None
         self.recheck = False  # read the job again: it started, finished, or news were lost
@@ -87,16 +92,18 @@ class JobEventHub(PubSubListener):
         redis_url: str,
         sweep_seconds: float,
         sweep: Callable[[list[uuid.UUID]], dict[uuid.UUID, SweptState]] = swept_states,
+        find_refused: Callable[[list[uuid.UUID]], dict[uuid.UUID, ApiError]] = refused_keys,
     ) -> None:
         super().__init__(redis_url, sweep_seconds)
         self._sweep = sweep
+        self._find_refused = find_refused
         self._inboxes: dict[uuid.UUID, set[Inbox]] = {}
 
     @contextlib.contextmanager
-    def register(self, job_id: uuid.UUID) -> Iterator[Inbox]:
-        """An inbox for `job_id`'s news. Register BEFORE reading the job, so that nothing
-        happening after the read goes unseen."""
-        inbox = Inbox()
+    def register(self, job_id: uuid.UUID, key_id: uuid.UUID | None = None) -> Iterator[Inbox]:
+        """An inbox for `job_id`'s news (and `key_id`'s revocation). Register BEFORE
+        reading the job, so that nothing happening after the read goes unseen."""
+        inbox = Inbox(key_id)
         self._inboxes.setdefault(job_id, set()).add(inbox)
         try:
             yield inbox
@@ -146,11 +153,18 @@ class JobEventHub(PubSubListener):
                 continue  # no stream open: no query at all
             try:
                 states = await run_in_threadpool(self._sweep, list(self._inboxes))
+                inboxes = [inbox for group in self._inboxes.values() for inbox in group]
+                keys = list({i.key_id for i in inboxes if i.key_id is not None})
+                refused = await run_in_threadpool(self._find_refused, keys) if keys else {}
             except Exception:
                 logger.warning("sweeping the jobs of open event streams failed", exc_info=True)
                 continue
             for job_id, state in states.items():
                 self._deliver(job_id, functools.partial(_set_swept, state=state))
+            for inbox in inboxes:  # revoked or suspended meanwhile: the stream ends
+                if inbox.key_id in refused:
+                    inbox.refusal = refused[inbox.key_id]
+                    inbox.wake.set()
 
 
 def _set_recheck(inbox: Inbox) -> None:

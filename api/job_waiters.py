@@ -11,7 +11,9 @@ wait for, the asyncio events of those requests. Two background tasks set the eve
   that cannot reach Redis publishes nothing).
 
 A woken waiter reads its job once from PostgreSQL, the source of truth. Waiting holds
-neither a database connection nor a threadpool thread: only an asyncio event.
+neither a database connection nor a threadpool thread: only an asyncio event. The same
+sweep asks, in one more query, whether any waiter's API key was revoked or its account
+suspended: such a wait ends with 401/403 instead of delivering the result.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from api.deps import refused_keys
+from api.errors import ApiError
 from api.pubsub import PubSubListener, listener_lifespan, started_listener
 from common import notify
 from common.db import session_scope
@@ -44,6 +48,16 @@ def terminal_job_ids(job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
         return set(rows.scalars())
 
 
+class Waiter(asyncio.Event):
+    """Set when the job may have finished, or when its key may no longer be used: then
+    `refusal` says why (the wait ends with it instead of delivering the result)."""
+
+    def __init__(self, key_id: uuid.UUID | None) -> None:
+        super().__init__()
+        self.key_id = key_id
+        self.refusal: ApiError | None = None
+
+
 class JobWaiters(PubSubListener):
     name = "job-waiters"
     channels = (notify.JOB_EVENTS_CHANNEL,)
@@ -53,17 +67,20 @@ class JobWaiters(PubSubListener):
         redis_url: str,
         recheck_seconds: float,
         find_terminal: Callable[[list[uuid.UUID]], set[uuid.UUID]] = terminal_job_ids,
+        find_refused: Callable[[list[uuid.UUID]], dict[uuid.UUID, ApiError]] = refused_keys,
     ) -> None:
         super().__init__(redis_url, recheck_seconds)
         self._find_terminal = find_terminal
-        self._events: dict[uuid.UUID, set[asyncio.Event]] = {}
+        self._find_refused = find_refused
+        self._events: dict[uuid.UUID, set[Waiter]] = {}
         self._sweep_now = asyncio.Event()
 
     @contextlib.contextmanager
-    def register(self, job_id: uuid.UUID) -> Iterator[asyncio.Event]:
-        """An event set when `job_id` may have finished. Register BEFORE the job can run
-        (before enqueueing it), or its notification can come and go unseen."""
-        event = asyncio.Event()
+    def register(self, job_id: uuid.UUID, key_id: uuid.UUID | None = None) -> Iterator[Waiter]:
+        """An event set when `job_id` may have finished, or when `key_id` was revoked or
+        its account suspended. Register BEFORE the job can run (before enqueueing it),
+        or its notification can come and go unseen."""
+        event = Waiter(key_id)
         self._events.setdefault(job_id, set()).add(event)
         try:
             yield event
@@ -100,11 +117,18 @@ class JobWaiters(PubSubListener):
                 continue  # nobody waits: no query at all
             try:
                 finished = await run_in_threadpool(self._find_terminal, list(self._events))
+                waiters = [w for waiting in self._events.values() for w in waiting]
+                keys = list({w.key_id for w in waiters if w.key_id is not None})
+                refused = await run_in_threadpool(self._find_refused, keys) if keys else {}
             except Exception:
                 logger.warning("re-checking waited-for jobs failed", exc_info=True)
                 continue
             for job_id in finished:
                 self.wake(job_id)
+            for waiter in waiters:  # revoked or suspended meanwhile: the wait ends
+                if waiter.key_id in refused:
+                    waiter.refusal = refused[waiter.key_id]
+                    waiter.set()
 
 
 _STATE_ATTR = "job_waiters"

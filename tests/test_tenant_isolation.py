@@ -161,3 +161,50 @@ def test_the_streams_of_one_job_share_one_read(
     assert len(reads) == 2
     for snapshot in snapshots:
         assert snapshot is not None and snapshot.status_body["request_id"] == job_id["request_id"]
+
+
+def _read_until_event(sock: socket.socket, name: str, timeout: float) -> str:
+    """The stream's bytes until an event `name` and its data line have arrived."""
+    sock.settimeout(timeout)
+    seen = b""
+    marker = f"event: {name}\ndata: ".encode()
+    while not (marker in seen and seen.split(marker, 1)[1].count(b"\n") >= 1):
+        chunk = sock.recv(4096)
+        assert chunk, seen
+        seen += chunk
+    return seen.decode()
+
+
+def test_revocation_and_suspension_end_open_streams_and_waits(live_stack: Stack) -> None:
+    """A stream of a key revoked meanwhile ends with an `error` event (401); a v1 wait of
+    an account suspended meanwhile ends with 403. Neither delivers the job's result."""
+    account_id, key = live_stack.create_account(credits=1000, name="revoked-meanwhile")
+    with live_stack.admin() as admin:
+        second = admin.post(f"/accounts/{account_id}/keys", json={"name": "to revoke"}).json()
+    with (
+        held_api(live_stack, "revoke", SYNC_WAIT_RECHECK_SECONDS="0.5") as held,
+        httpx.Client(base_url=held.url, timeout=60) as client,
+        live_stack.admin() as admin,
+    ):
+        queued = client.post(SUBMIT, json=job_body(), headers={"x-api-key": key}).json()
+        sock, status = _open_stream(held.url, second["api_key"], queued["request_id"])
+        with sock:
+            assert status == 200
+            _read_until_event(sock, "status", 30)  # it streams the queued job
+            assert admin.post(f"/keys/{second['id']}/revoke").status_code == 200
+            ended = _read_until_event(sock, "error", 30)
+        assert '"status": 401' in ended and "API key revoked" in ended
+
+        with ThreadPoolExecutor(1) as pool:
+            before = held.queued_messages()
+            waiting = pool.submit(
+                client.post, "/v1/ssd-img2img", json=job_body(), headers={"x-api-key": key}
+            )
+            held.wait_messages(before + 1)  # its job is queued, the request waits
+            assert admin.post(f"/accounts/{account_id}/suspend").status_code == 200
+            try:
+                response = waiting.result(timeout=60)
+            finally:
+                admin.post(f"/accounts/{account_id}/reactivate")
+        assert response.status_code == 403, response.text
+        assert "account suspended" in response.json()["error"]

@@ -8,6 +8,8 @@ Events (each `data:` is one JSON object):
   the worker reports them (a few per second at most; a slow reader skips steps);
 - `completed`, `failed` or `cancelled`: the result body (as `GET /v2/requests/{id}`),
   then the stream ends. A job already finished gets only this event.
+- `error`: `{"error", "status"}` (401 or 403) when the stream's API key is revoked or its
+  account suspended while it is open; then the stream ends (the job itself goes on).
 
 A comment line (`: keepalive`) every `HEARTBEAT_SECONDS` keeps proxies from closing an
 idle stream. The stream holds no database connection and no thread while it waits: it
@@ -32,7 +34,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentAccount, SettingsDep, StorageDep
+from api.deps import CurrentAccount, SettingsDep, StorageDep, caller_key_id
 from api.errors import ApiError, error_responses, parse_id
 from api.img2img import live_progress
 from api.img2img.endpoints import result_response, status_body
@@ -148,9 +150,11 @@ class _Stream:
         request: Request,
         settings: Settings,
         store: Storage,
+        key_id: uuid.UUID | None = None,
     ) -> None:
         self.job_id = job_id
         self.account_id = account_id
+        self.key_id = key_id  # its API key: the stream ends if it is revoked
         self.request = request
         self.settings = settings
         self.store = store
@@ -189,6 +193,10 @@ class _Stream:
         return events
 
     async def on_news(self, inbox: Inbox) -> list[str]:
+        if inbox.refusal is not None:  # the key was revoked, or the account suspended
+            self.done = True
+            refusal = {"error": inbox.refusal.message, "status": inbox.refusal.status_code}
+            return [_event("error", json.dumps(refusal))]
         arrived_at = inbox.arrived_at
         report, recheck, swept = inbox.take()
         events: list[str] = []
@@ -223,7 +231,8 @@ def _progress_fields(status: dict[str, Any]) -> dict[str, Any]:
 
 async def _run(stream: _Stream, hub: JobEventHub, slot: Slot) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
-    with slot, hub.register(stream.job_id) as inbox:  # before the first read: nothing missed
+    # Registered before the first read: nothing after it goes unseen.
+    with slot, hub.register(stream.job_id, stream.key_id) as inbox:
         last_sent = loop.time()
         for event in await stream.read(not_before=time.monotonic()):
             yield event
@@ -271,7 +280,7 @@ async def stream_events(
     with _released_on_error(slot):
         if not await run_in_threadpool(_exists, job_id, account.id):
             raise ApiError(404, "request not found")
-    stream = _Stream(job_id, account.id, request, settings, store)
+    stream = _Stream(job_id, account.id, request, settings, store, caller_key_id(request))
     # The stream's end releases the slot; this, a response dropped before it streamed.
     weakref.finalize(stream, slot.release)
     return StreamingResponse(

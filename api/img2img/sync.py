@@ -28,12 +28,19 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import idempotency
-from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep, set_remaining_credits
+from api.deps import (
+    CurrentAccount,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    caller_key_id,
+    set_remaining_credits,
+)
 from api.errors import ApiError, ErrorBody, error_responses
 from api.img2img.endpoints import SUBMIT_ERRORS
 from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry
 from api.img2img.schemas import Img2ImgRequest
-from api.job_waiters import JobWaiters, job_waiters
+from api.job_waiters import JobWaiters, Waiter, job_waiters
 from api.open_work import Work, open_work
 from common import jobs
 from common.db import session_scope
@@ -97,7 +104,7 @@ def _read_job(job_id: uuid.UUID, account_id: uuid.UUID) -> tuple[Job | None, int
 
 
 async def _wait(
-    woken: asyncio.Event, job_id: uuid.UUID, account_id: uuid.UUID, wait_seconds: float
+    woken: Waiter, job_id: uuid.UUID, account_id: uuid.UUID, wait_seconds: float
 ) -> tuple[Job | None, int | None]:
     """Until the job is terminal or `wait_seconds` pass; one database read per wake-up,
     and one at the deadline (a notification may have been lost just before it)."""
@@ -110,6 +117,8 @@ async def _wait(
         except TimeoutError:
             timed_out = True
         woken.clear()
+        if woken.refusal is not None:  # the key was revoked, or the account suspended
+            raise woken.refusal
         job, balance = await run_in_threadpool(_read_job, job_id, account_id)
         if timed_out or job is None or job.status.is_terminal:
             return job, balance
@@ -179,7 +188,7 @@ async def _submit_and_wait(
         headers[idempotency.REPLAYED_HEADER] = "true"
 
     waiters: JobWaiters = job_waiters(request.app)
-    with waiters.register(job.id) as woken:
+    with waiters.register(job.id, caller_key_id(request)) as woken:
         # A worker may have run the job (it was committed before this waiter existed),
         # or it is an Idempotency-Key replay of a job over long ago: read it once now,
         # then at each notice.
