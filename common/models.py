@@ -364,6 +364,12 @@ class WebhookEndpoint(Base):
     # Off by hand, or by the receiver answering 410 Gone; nothing is sent while off.
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     disabled_reason: Mapped[str | None] = mapped_column(String(500))
+    # Its run of failed attempts (reset by a success or by enabling it): past
+    # WEBHOOK_PAUSE_AFTER_FAILURES nothing is attempted until `paused_until`; past
+    # WEBHOOK_DISABLE_AFTER_FAILURES over WEBHOOK_DISABLE_AFTER_SECONDS it is disabled.
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    paused_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -409,6 +415,16 @@ class WebhookDelivery(Base):
             "next_attempt_at",
             postgresql_where="state = 'pending'",
         ),
+        Index(
+            "ix_webhook_deliveries_account_id_in_attempt",
+            "account_id",
+            postgresql_where="in_attempt_until IS NOT NULL",
+        ),
+        Index(
+            "ix_webhook_deliveries_endpoint_id_in_attempt",
+            "endpoint_id",
+            postgresql_where="in_attempt_until IS NOT NULL",
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
@@ -441,6 +457,9 @@ class WebhookDelivery(Base):
     # When the delivery's message was last sent to the queue (the sweep re-sends after
     # WEBHOOK_REDISPATCH_AFTER_SECONDS, in case Redis lost it).
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # While an attempt runs: when its claim expires. Attempts in flight per account and
+    # per endpoint are the rows where it is set and not past (common/webhooks/delivery.py).
+    in_attempt_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(

@@ -136,6 +136,19 @@ class Settings(BaseSettings):
     # --- webhooks (common/webhooks, README "Webhooks") -------------------------------
     # One delivery attempt (DNS, connect, TLS, request, response) must end within this.
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
+    # Attempts in flight at once, per account and per endpoint: one tenant's slow or dead
+    # receivers hold at most this many of the CPU workers' threads (keep the per-account
+    # bound below the worker's --concurrency, 4), and others' webhooks go meanwhile.
+    webhook_max_attempts_per_account: int = Field(default=2, ge=1)
+    webhook_max_attempts_per_endpoint: int = Field(default=1, ge=1)
+    # An endpoint failing this many attempts in a row is not attempted for a while (its
+    # deliveries wait, no thread waits on it), then tried again once.
+    webhook_pause_after_failures: int = Field(default=3, ge=1)
+    webhook_pause_seconds: float = Field(default=60, gt=0)
+    # ...and disabled (the account re-enables it) once its run of failures is this long
+    # and lasted this long.
+    webhook_disable_after_failures: int = Field(default=20, ge=1)
+    webhook_disable_after_seconds: float = Field(default=24 * 3600, ge=0)
     # Upper bounds of the waits before each retry (equal jitter: the wait is uniform in
     # [bound/2, bound]); their number is the number of retries. The default's retries
     # span 11-23 hours (17 on average): about a day. JSON list

@@ -86,6 +86,8 @@ def services_env(
         env["WEBHOOK_SWEEP_INTERVAL_SECONDS"] = "0.5"
         env["WEBHOOK_REDISPATCH_AFTER_SECONDS"] = "2"
         env["WEBHOOK_TIMEOUT_SECONDS"] = "5"
+        # A failing endpoint pauses for seconds, not a minute (tests/test_webhook_fairness.py).
+        env["WEBHOOK_PAUSE_SECONDS"] = "2"
         stack.migrate(env)
         # In-process code (direct database checks) reads the same settings.
         os.environ.update(env)

@@ -41,7 +41,13 @@ class EndpointView(BaseModel):
     events: list[str]
     description: str | None
     enabled: bool
-    disabled_reason: str | None = Field(description="Why it is off (by hand, or 410 Gone).")
+    disabled_reason: str | None = Field(
+        description="Why it is off: by hand, 410 Gone, or a long run of failures."
+    )
+    consecutive_failures: int = Field(description="Failed attempts in a row (0 after a success).")
+    paused_until: datetime | None = Field(
+        description="After several failures in a row nothing is attempted until then."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -114,6 +120,8 @@ def endpoint_view(endpoint: WebhookEndpoint) -> EndpointView:
         description=endpoint.description,
         enabled=endpoint.enabled,
         disabled_reason=endpoint.disabled_reason,
+        consecutive_failures=endpoint.consecutive_failures,
+        paused_until=endpoint.paused_until,
         created_at=endpoint.created_at,
         updated_at=endpoint.updated_at,
     )

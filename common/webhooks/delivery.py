@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -69,6 +69,11 @@ logger = logging.getLogger(__name__)
 # the delivery again (DNS and scheduling slack).
 CLAIM_MARGIN_SECONDS = 30
 SWEEP_BATCH = 500
+# How long one task goes on taking the next due attempts before it hands over to a new
+# message (a task is acknowledged only when it returns).
+WORK_SECONDS = 60.0
+# Wake-ups each sweep sends for due deliveries that may go now (one per worker thread).
+WAKE_PER_SWEEP = 4
 MAX_ERROR_CHARS = 1000
 USER_AGENT = "ssd-img2img-webhooks/1"
 
@@ -127,7 +132,24 @@ def _fill_output(session: Session, payload: dict[str, Any], settings: Settings) 
 
 
 def claim(session: Session, delivery_id: uuid.UUID, settings: Settings) -> ClaimedAttempt | None:
-    """Take the delivery's next attempt, or None when it is not pending and due."""
+    """Take the delivery's next attempt, or None when it is not pending and due, or when
+    its account or endpoint has its bound of attempts in flight, or its endpoint is
+    paused (it stays pending and due: `claim_next` takes it once it may go)."""
+    target = session.execute(
+        select(WebhookDelivery.account_id, WebhookDelivery.endpoint_id).where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.state == WebhookDeliveryState.PENDING,
+            WebhookDelivery.next_attempt_at <= func.now(),
+        )
+    ).one_or_none()
+    if target is None:
+        return None
+    account_id, endpoint_id = target
+    # The account's claims one at a time (until this transaction ends): the counts of
+    # attempts in flight below cannot be passed by a concurrent claim.
+    session.execute(select(func.pg_advisory_xact_lock(_LOCK_CLASS, _lock_key(account_id))))
+    if _held_back(session, account_id, endpoint_id, settings):
+        return None
     hold = timedelta(seconds=settings.webhook_timeout_seconds + CLAIM_MARGIN_SECONDS)
     delivery = session.execute(
         update(WebhookDelivery)
@@ -140,6 +162,7 @@ def claim(session: Session, delivery_id: uuid.UUID, settings: Settings) -> Claim
             attempts=WebhookDelivery.attempts + 1,
             series_attempts=WebhookDelivery.series_attempts + 1,
             next_attempt_at=func.now() + hold,
+            in_attempt_until=func.now() + hold,
         )
         .returning(WebhookDelivery)
     ).scalar_one_or_none()
@@ -158,6 +181,7 @@ def claim(session: Session, delivery_id: uuid.UUID, settings: Settings) -> Claim
                     attempts=WebhookDelivery.attempts - 1,
                     series_attempts=WebhookDelivery.series_attempts - 1,
                     next_attempt_at=None,
+                    in_attempt_until=None,
                     last_error=f"endpoint disabled{': ' + reason if reason else ''}",
                 )
             )
@@ -177,6 +201,106 @@ def claim(session: Session, delivery_id: uuid.UUID, settings: Settings) -> Claim
         series_attempt=delivery.series_attempts,
         secrets=signing_keys.in_force(session, delivery.account_id).signing(),
     )
+
+
+# pg_advisory_xact_lock(class, key): the class keeps these locks apart from others'.
+_LOCK_CLASS = 0x5748  # "WH"
+
+
+def _lock_key(account_id: uuid.UUID) -> int:
+    return (account_id.int & 0xFFFFFFFF) - 0x80000000  # a signed int4
+
+
+def _in_flight(session: Session, *where: Any) -> int:
+    return session.execute(
+        select(func.count())
+        .select_from(WebhookDelivery)
+        .where(WebhookDelivery.in_attempt_until > func.now(), *where)
+    ).scalar_one()
+
+
+def _held_back(
+    session: Session, account_id: uuid.UUID, endpoint_id: uuid.UUID | None, settings: Settings
+) -> bool:
+    """Whether an attempt must wait: the account or the endpoint has its bound of
+    attempts in flight, or the endpoint is paused after a run of failures."""
+    if endpoint_id is not None:
+        paused = session.execute(
+            select(WebhookEndpoint.id).where(
+                WebhookEndpoint.id == endpoint_id,
+                WebhookEndpoint.enabled.is_(True),
+                WebhookEndpoint.paused_until > func.now(),
+            )
+        ).scalar_one_or_none()
+        if paused is not None:
+            return True
+        busy = _in_flight(session, WebhookDelivery.endpoint_id == endpoint_id)
+        if busy >= settings.webhook_max_attempts_per_endpoint:
+            return True
+    busy = _in_flight(session, WebhookDelivery.account_id == account_id)
+    return busy >= settings.webhook_max_attempts_per_account
+
+
+# The due deliveries that may be attempted now, one per account (its oldest), the
+# accounts with the fewest attempts in flight first: no account's backlog, slow
+# receivers or dead endpoints delay another's webhooks beyond its own share.
+_NEXT = text(
+    """
+    WITH in_flight AS (
+        SELECT account_id, endpoint_id FROM webhook_deliveries
+        WHERE in_attempt_until > now()
+    ), busy_accounts AS (
+        SELECT account_id FROM in_flight GROUP BY account_id HAVING count(*) >= :per_account
+    ), busy_endpoints AS (
+        SELECT endpoint_id FROM in_flight WHERE endpoint_id IS NOT NULL
+        GROUP BY endpoint_id HAVING count(*) >= :per_endpoint
+    ), heads AS (
+        SELECT DISTINCT ON (d.account_id) d.id, d.account_id, d.next_attempt_at
+        FROM webhook_deliveries d
+        LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id
+        WHERE d.state = 'pending' AND d.next_attempt_at <= now()
+          AND d.account_id NOT IN (SELECT account_id FROM busy_accounts)
+          AND (d.endpoint_id IS NULL
+               OR d.endpoint_id NOT IN (SELECT endpoint_id FROM busy_endpoints))
+          AND (e.id IS NULL OR NOT e.enabled OR e.paused_until IS NULL
+               OR e.paused_until <= now())
+        ORDER BY d.account_id, d.next_attempt_at
+    )
+    SELECT h.id FROM heads h
+    ORDER BY (SELECT count(*) FROM in_flight f WHERE f.account_id = h.account_id),
+             h.next_attempt_at
+    LIMIT :candidates
+    """
+)
+
+
+def _next_params(settings: Settings, candidates: int) -> dict[str, int]:
+    return {
+        "per_account": settings.webhook_max_attempts_per_account,
+        "per_endpoint": settings.webhook_max_attempts_per_endpoint,
+        "candidates": candidates,
+    }
+
+
+def next_due(settings: Settings, limit: int, session: Session | None = None) -> list[uuid.UUID]:
+    """Up to `limit` deliveries that may be attempted now, in the fair order."""
+    if session is not None:
+        return list(session.execute(_NEXT, _next_params(settings, limit)).scalars())
+    with session_scope() as own:
+        return next_due(settings, limit, own)
+
+
+def claim_next(settings: Settings) -> ClaimedAttempt | None:
+    """The next attempt in the fair order across accounts, or None when nothing due may
+    go now. Its candidates are claimed in turn, each in a transaction of its own (so
+    that no transaction holds two accounts' claim locks), as another worker may take
+    one first."""
+    for delivery_id in next_due(settings, 4):
+        with session_scope() as session:
+            attempt = claim(session, delivery_id, settings)
+        if attempt is not None:
+            return attempt
+    return None
 
 
 def encode_body(payload: dict[str, Any]) -> bytes:
@@ -281,7 +405,7 @@ def record(
 ) -> WebhookAttemptOutcome:
     """Write the attempt and move the delivery on. Returns the attempt's outcome."""
     schedule = settings.webhook_retry_schedule_seconds
-    changes: dict[str, Any] = {"last_error": result.error}
+    changes: dict[str, Any] = {"last_error": result.error, "in_attempt_until": None}
     if result.verdict == "delivered":
         outcome = WebhookAttemptOutcome.SUCCEEDED
         changes.update(state=WebhookDeliveryState.SUCCEEDED, next_attempt_at=None)
@@ -328,7 +452,53 @@ def record(
         )
     if result.verdict == "gone":
         _receiver_gone(session, attempt)
+    elif attempt.endpoint_id is not None:
+        disabled = _track_endpoint(session, attempt.endpoint_id, result.verdict, settings)
+        if disabled is not None:
+            session.execute(
+                update(WebhookAttempt)
+                .where(
+                    WebhookAttempt.delivery_id == attempt.delivery_id,
+                    WebhookAttempt.number == attempt.number,
+                )
+                .values(error=f"{result.error}; {disabled}")
+            )
     return outcome
+
+
+def _track_endpoint(
+    session: Session, endpoint_id: uuid.UUID, verdict: str, settings: Settings
+) -> str | None:
+    """Count the endpoint's run of failures: a success ends it; a long one pauses the
+    endpoint, a longer one disables it. Returns the reason when it was disabled now."""
+    endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
+    if endpoint is None:
+        return None
+    if verdict == "delivered":
+        endpoint.consecutive_failures = 0
+        endpoint.failing_since = None
+        endpoint.paused_until = None
+        return None
+    now = session.execute(select(func.now())).scalar_one()
+    endpoint.consecutive_failures += 1
+    endpoint.failing_since = endpoint.failing_since or now
+    failures = endpoint.consecutive_failures
+    if failures >= settings.webhook_pause_after_failures:
+        endpoint.paused_until = now + timedelta(seconds=settings.webhook_pause_seconds)
+    lasted = (now - endpoint.failing_since).total_seconds()
+    if (
+        endpoint.enabled
+        and failures >= settings.webhook_disable_after_failures
+        and lasted >= settings.webhook_disable_after_seconds
+    ):
+        endpoint.enabled = False
+        endpoint.disabled_reason = (
+            f"disabled automatically after {failures} failed attempts in a row since "
+            f"{endpoint.failing_since.isoformat(timespec='seconds')}; fix the receiver, then "
+            f"POST /v2/webhooks/{endpoint_id}/enable (and replay what it missed)"
+        )[:500]
+        return "endpoint disabled: " + endpoint.disabled_reason
+    return None
 
 
 def _receiver_gone(session: Session, attempt: ClaimedAttempt) -> None:
@@ -361,12 +531,27 @@ def _receiver_gone(session: Session, attempt: ClaimedAttempt) -> None:
 
 
 def deliver(delivery_id: uuid.UUID, settings: Settings | None = None) -> AttemptResult | None:
-    """One attempt of a delivery if it is due (the CPU task). None when it was not."""
+    """The CPU task: one attempt of the delivery if it may go now, then the attempts
+    due in the fair order (`claim_next`) for as long as there are some, up to
+    WORK_SECONDS; then a message for what is left. None when the named one did not go
+    (not due, or held back by its bounds: it is taken in its turn)."""
     settings = settings or get_settings()
     with session_scope() as session:
         attempt = claim(session, delivery_id, settings)
-    if attempt is None:
-        return None
+    result = attempt_and_record(attempt, settings) if attempt is not None else None
+    deadline = time.monotonic() + WORK_SECONDS
+    while time.monotonic() < deadline:
+        following = claim_next(settings)
+        if following is None:
+            return result
+        attempt_and_record(following, settings)
+    send_now(next_due(settings, 1))  # more due: another message goes on with it
+    return result
+
+
+def attempt_and_record(attempt: ClaimedAttempt, settings: Settings) -> AttemptResult:
+    """Send one claimed attempt, then record it."""
+    delivery_id = attempt.delivery_id
     result = send(attempt, settings)
     try:
         with session_scope() as session:
@@ -416,4 +601,7 @@ def sweep(settings: Settings | None = None, batch: int = SWEEP_BATCH) -> list[uu
                 .values(dispatched_at=func.now())
             )
     send_now(ids)
+    # Deliveries held back (their account's or endpoint's bound, a pause) stay due with
+    # their message spent: wake a few workers for what may go now, in the fair order.
+    send_now([i for i in next_due(settings, WAKE_PER_SWEEP) if i not in set(ids)])
     return ids

@@ -138,10 +138,15 @@ def set_endpoint_enabled(
     session: Session, account_id: uuid.UUID, endpoint_id: uuid.UUID, enabled: bool
 ) -> WebhookEndpoint:
     """Disable (nothing is sent; its waiting deliveries fail at their next attempt) or
-    enable again, e.g. after a 410 Gone disabled it."""
+    enable again, e.g. after a 410 Gone or a long run of failures disabled it (the run
+    starts over: the next attempt goes at once)."""
     endpoint = get_endpoint(session, account_id, endpoint_id)
     endpoint.enabled = enabled
     endpoint.disabled_reason = None if enabled else "disabled through the API or CLI"
+    if enabled:
+        endpoint.consecutive_failures = 0
+        endpoint.failing_since = None
+        endpoint.paused_until = None
     session.flush()
     session.refresh(endpoint)
     return endpoint
