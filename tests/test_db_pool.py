@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
-from common.db import ping_when_idle
+from common.db import get_engine, ping_when_idle
+from common.settings import get_settings
 
 
 @pytest.fixture
@@ -81,3 +83,22 @@ def test_without_the_check_a_dead_connection_fails_its_statement(
             conn.execute(text("SELECT 1"))
     finally:
         bare.dispose()
+
+
+def test_errors_never_show_the_statements_values(
+    services_env: tuple[Any, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's engine hides SQL parameters (prompts, key hashes) in its errors and
+    logs: an error names the statement, never the values sent with it."""
+    for name, value in services_env[1].items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+    try:
+        with get_engine().connect() as conn, pytest.raises(DBAPIError) as failed:
+            conn.execute(text("SELECT 1 / 0, CAST(:value AS text)"), {"value": "a-secret-prompt"})
+    finally:
+        get_engine.cache_clear()
+        get_settings.cache_clear()
+    assert "a-secret-prompt" not in str(failed.value)
+    assert "hidden" in str(failed.value)
