@@ -3,8 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# CPU build of torch: install it first, or diffusers pulls a multi-GB CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# CPU build of torch (the version constraints.txt pins): install it first, or diffusers
+# pulls a multi-GB CUDA build.
+TORCH_SPEC ?= $(shell grep '^torch==' constraints.txt)
 STAMP := $(VENV)/.installed
 
 .PHONY: venv up down demo test lint typecheck check clean

@@ -3,14 +3,18 @@ describes the same services as the local stack; the worker fails fast without a 
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from tests.conftest import ROOT
 
@@ -51,6 +55,40 @@ def test_compose_has_no_default_secrets_and_publishes_only_the_api_widely() -> N
     example = (ROOT / ".env.example").read_text()
     for name in ("POSTGRES_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "ADMIN_TOKEN"):
         assert f"\n{name}=\n" in example, name  # listed, and left for the operator to fill
+
+
+def _pinned(name: str) -> str:
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.startswith(f"{name}=="):
+            return line.split("==", 1)[1]
+    raise AssertionError(f"{name} is not pinned in constraints.txt")
+
+
+def test_torch_is_one_version_everywhere() -> None:
+    """constraints.txt pins torch; the CPU install (Makefile, this venv) and the GPU worker
+    image both take that version, and it meets what pyproject asks of it."""
+    pinned = _pinned("torch")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "TORCH_SPEC ?= $(shell grep '^torch==' constraints.txt)" in makefile
+    installed = importlib.metadata.version("torch")
+    assert Version(installed).public == pinned, (installed, pinned)  # e.g. 2.13.0+cpu
+    dockerfile = (ROOT / "infra" / "worker.Dockerfile").read_text()
+    torch_install = next(line for line in dockerfile.splitlines() if "grep '^torch=='" in line)
+    assert '--index-url "${TORCH_INDEX_URL}"' in torch_install
+    assert re.search(r"ARG TORCH_INDEX_URL=https://download\.pytorch\.org/whl/cu\d+", dockerfile)
+    assert "pip install -c constraints.txt '.[worker]'" in dockerfile
+    assert not re.search(r"^FROM .*pytorch", dockerfile, re.MULTILINE)  # no second torch
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for requirement in map(Requirement, project["project"]["optional-dependencies"]["worker"]):
+        if requirement.name in {"torch", "diffusers", "transformers"}:
+            version = _pinned(requirement.name)
+            assert requirement.specifier.contains(version), (requirement, version)
+    floor = next(
+        Requirement(r)
+        for r in project["project"]["optional-dependencies"]["worker"]
+        if r.startswith("torch")
+    )
+    assert not floor.specifier.contains("2.5.1")  # below what transformers 5 runs with
 
 
 @pytest.mark.parametrize("model_id", ["{tmp}/no-such-model", "segmind/SSD-1B"])
