@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def _write_tokenizer_files(directory: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def _tokenizer(scratch: Path) -> CLIPTokenizer:
+def byte_level_tokenizer(scratch: Path) -> CLIPTokenizer:
     vocab_file, merges_file = _write_tokenizer_files(scratch)
     return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=_MAX_TOKENS)
 
@@ -140,7 +140,7 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def _scheduler() -> EulerDiscreteScheduler:
+def ssd1b_scheduler() -> EulerDiscreteScheduler:
     # segmind/SSD-1B's own scheduler config, so per-job swaps in tests start from
     # the same base values as in production.
     return EulerDiscreteScheduler(
@@ -160,8 +160,8 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
     """The tiny pipeline in memory; the same seed gives the same weights."""
     # fork_rng: building must not disturb the caller's global RNG stream.
     with tempfile.TemporaryDirectory() as scratch, torch.random.fork_rng(devices=[]):
-        tokenizer = _tokenizer(Path(scratch))
-        tokenizer_2 = _tokenizer(Path(scratch))
+        tokenizer = byte_level_tokenizer(Path(scratch))
+        tokenizer_2 = byte_level_tokenizer(Path(scratch))
         text_config = _text_config(tokenizer)
         torch.manual_seed(seed)
         # Construction order is part of the determinism: each module draws its
@@ -177,7 +177,7 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
-        scheduler=_scheduler(),
+        scheduler=ssd1b_scheduler(),
         requires_aesthetics_score=False,
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
@@ -231,7 +231,20 @@ def _apply_umask_permissions(root: Path) -> None:
 
 
 def make_tiny_pipeline(out_dir: Path, seed: int = 0) -> Path:
-    """Build and save the tiny pipeline into ``out_dir`` (returned); idempotent.
+    """Build and save the tiny pipeline into ``out_dir`` (returned); idempotent."""
+    return save_new_pipeline(
+        out_dir, lambda: build_tiny_pipeline(seed), _MARKER_TEXT.format(seed=seed)
+    )
+
+
+def save_new_pipeline(
+    out_dir: Path,
+    build: Callable[[], StableDiffusionXLImg2ImgPipeline],
+    marker: str,
+    variant: str | None = None,
+) -> Path:
+    """Save the pipeline ``build()`` makes into ``out_dir`` (returned), with a marker
+    file saying what it is; idempotent.
 
     The folder appears atomically (built beside it, then renamed), so a crash
     never leaves a half-written model; a complete model already there is kept.
@@ -249,9 +262,9 @@ def make_tiny_pipeline(out_dir: Path, seed: int = 0) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     try:
         # Any: to mypy, diffusers' root names are its torch-less placeholders.
-        pipe: Any = build_tiny_pipeline(seed)
-        pipe.save_pretrained(staging, safe_serialization=True)
-        (staging / MARKER_FILE).write_text(_MARKER_TEXT.format(seed=seed), encoding="utf-8")
+        pipe: Any = build()
+        pipe.save_pretrained(staging, safe_serialization=True, variant=variant)
+        (staging / MARKER_FILE).write_text(marker, encoding="utf-8")
         _apply_umask_permissions(staging)
         try:
             # Replaces out_dir only if it is missing or an empty folder.
