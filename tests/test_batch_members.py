@@ -25,6 +25,7 @@ from tests.test_cancel import ledger_of, load_job
 from tests.test_credits import balance, ledger_sum
 from tests.test_limits import wait_until
 from worker import execute
+from worker.pipeline import NON_FINITE_OUTPUT, GenerationResult
 
 SHAPE = {"image": image_b64(64, 64), "scheduler": "Euler a", "strength": 0.5}
 # Long enough to cancel mid-call, short enough to finish: 197 step callbacks at 128².
@@ -183,3 +184,40 @@ def test_a_failed_call_fails_every_member_refunded_once(
     assert balance(account_id) == 1000 == ledger_sum(account_id)
     logged = [r.getMessage() for r in caplog.records if error_id and error_id in r.getMessage()]
     assert logged and "illegal memory access" in logged[0]  # the detail, under that id
+
+
+def test_a_member_with_non_finite_pixels_fails_refunded_and_the_others_complete(
+    live_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NaN guard through the worker's batch run: the member whose pixels overflowed
+    fails with the guard's message (refunded, nothing uploaded), its batch-mate completes."""
+    account_id, _ = live_stack.create_account(credits=1000)
+    pool = f"nan-{uuid.uuid4().hex[:8]}"  # no worker claims from it but this test
+    ids = [
+        insert_job(account_id, JobStatus.QUEUED, cost=20, queue=pool, width=64, height=64)
+        for _ in range(2)
+    ]
+    with session_scope() as session:
+        for job_id in ids:
+            credits.debit_for_job(session, uuid.UUID(account_id), job_id, 20)
+
+    def half_broken(_pipe: object, requests: list[object], *_: object) -> list[GenerationResult]:
+        assert len(requests) == 2
+        return [
+            GenerationResult([], 10, failure=NON_FINITE_OUTPUT),
+            GenerationResult([Image.new("RGB", (64, 64), "white")], 10),
+        ]
+
+    monkeypatch.setattr(execute, "generate_batch", half_broken)
+    monkeypatch.setattr(execute, "_request", lambda job, store: object())
+    settings = get_settings().model_copy(update={"gpu_queue": pool})
+    work = execute.claim(settings)
+    assert work is not None and [job.id for job in work.jobs] == ids
+    execute.execute(work, cast(Any, None), get_storage(), settings)
+
+    bad, good = (load_job(str(job_id)) for job_id in ids)
+    assert bad.status == JobStatus.FAILED and bad.error == NON_FINITE_OUTPUT
+    assert bad.output_keys == []
+    assert [reason.value for reason, _ in ledger_of(str(bad.id))] == ["job_debit", "job_refund"]
+    assert good.status == JobStatus.COMPLETED and len(good.output_keys) == 1
+    assert balance(account_id) == 1000 - 20 == ledger_sum(account_id)

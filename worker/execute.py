@@ -255,8 +255,13 @@ class BatchRun:
     def _record_all(self, results: list[tuple[_Member, GenerationResult]]) -> None:
         try:
             for member, result in results:
-                if not member.ended:
-                    self._record(member, result.images)
+                if member.ended:
+                    continue
+                if result.failure is not None:  # NaN pixels: fail (refunded), deliver nothing
+                    logger.error("job %s: %s", member.job.id, result.failure)
+                    self._fail(member, result.failure)
+                    continue
+                self._record(member, result.images)
         finally:
             self.heartbeat.stop()
 

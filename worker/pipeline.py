@@ -85,6 +85,15 @@ class GenerationResult:
     # Iterations of the denoising loop, i.e. step callbacks: int(steps × strength)
     # for first-order schedulers, about twice that for Heun and DPM2.
     steps_run: int
+    # Set when the request's pixels are not finite (a numerical overflow: NaN decodes to
+    # a black image): the job must fail, not deliver them. `images` is then empty.
+    failure: str | None = None
+
+
+NON_FINITE_OUTPUT = (
+    "the model produced invalid pixels (NaN or infinite: a numerical overflow) for this "
+    "request; nothing was delivered and the job was refunded. Retry, or use another seed"
+)
 
 
 # --------------------------------------------------------------------------- loading
@@ -417,16 +426,9 @@ def generate_batch(
     device = run._execution_device
     # Request order, then sample order: the pipeline pairs generator k with the
     # k-th image and the k-th row of the prompt embeddings.
-    generators = [
-        torch.Generator(device=device).manual_seed(req.seed + i)
-        for req in requests
-        for i in range(req.samples)
-    ]
+    generators = sample_generators(requests)
     sources = [
         req.image if req.image.mode == "RGB" else req.image.convert("RGB") for req in requests
-    ]
-    images = [
-        source for req, source in zip(requests, sources, strict=True) for _ in range(req.samples)
     ]
     # The pipeline's own rule (its do_classifier_free_guidance property).
     guidance = first.guidance_scale > 1 and run.unet.config.time_cond_proj_dim is None
@@ -447,30 +449,101 @@ def generate_batch(
         try:
             with torch.inference_mode():
                 embeddings = _encode_prompts(run, requests, device, guidance)
+                prompt_embeds = embeddings["prompt_embeds"]
+                assert prompt_embeds is not None
+                latents = _encode_inputs(run, requests, sources, generators, prompt_embeds.dtype)
                 output = run(
                     **embeddings,
-                    image=images,
+                    image=latents,  # already encoded: the pipeline only adds the noise
                     strength=first.strength,
                     num_inference_steps=first.num_inference_steps,
                     guidance_scale=first.guidance_scale,
                     num_images_per_prompt=1,
                     generator=generators,
-                    output_type="pil",
+                    output_type="pt",  # stays on the device until it is uint8
                     callback_on_step_end=callback,
                 )
+                pixels: torch.Tensor = output.images
             steps_run = int(run.num_timesteps)
         finally:
             run.scheduler = original
 
     results = []
-    produced = iter(output.images)
+    start = 0
     for req in requests:
-        results.append(
-            GenerationResult(
-                images=[next(produced) for _ in range(req.samples)], steps_run=steps_run
-            )
-        )
+        mine = pixels[start : start + req.samples]
+        start += req.samples
+        if not bool(torch.isfinite(mine).all()):
+            results.append(GenerationResult([], steps_run, failure=NON_FINITE_OUTPUT))
+            continue
+        results.append(GenerationResult(to_pil(mine), steps_run))
     return results
+
+
+def sample_generators(requests: Sequence[GenerationRequest]) -> list[torch.Generator]:
+    """One generator per image, request after request: sample ``i`` of a request seeded
+    ``seed + i``.
+
+    On the CPU, whatever the device: CUDA's random stream differs from the CPU's (and
+    may between GPU models), so CPU generators are what makes a seed give the same image
+    on any machine, up to the kernels' rounding (diffusers' own advice). The noise is
+    drawn on the CPU and copied over: a few hundred KB per image, against seconds of
+    denoising.
+    """
+    return [
+        torch.Generator(device="cpu").manual_seed(req.seed + i)
+        for req in requests
+        for i in range(req.samples)
+    ]
+
+
+def _encode_inputs(
+    run: Any,
+    requests: Sequence[GenerationRequest],
+    sources: Sequence[Image.Image],
+    generators: Sequence[torch.Generator],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The initial latents of every image: each request's input VAE-encoded ONCE, and
+    each of its samples drawn from that one distribution with the sample's generator.
+
+    Given 4-channel latents, the pipeline skips its own encode, which runs the VAE once
+    per sample (up to 4 encodes of the same image per job). The draws and their order
+    per generator are the pipeline's (the latent sample, then the noise), so the images
+    are the same as when it encodes (tests/worker/test_pipeline.py).
+    """
+    vae = run.vae
+    device = run._execution_device
+    # As the pipeline does for a VAE that overflows in fp16 (force_upcast): encode in
+    # fp32. load_pipeline clears force_upcast where it is not needed (bf16, fp32, an
+    # fp16-safe VAE), so this round trip only remains for fp16 with SDXL's own VAE.
+    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        drawn = []
+        made = iter(generators)
+        for req, source in zip(requests, sources, strict=True):
+            pixels = run.image_processor.preprocess(source).to(device=device, dtype=vae.dtype)
+            distribution = vae.encode(pixels).latent_dist
+            drawn += [distribution.sample(generator=next(made)) for _ in range(req.samples)]
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+    latents = torch.cat(drawn).to(dtype)
+    config = vae.config
+    if getattr(config, "latents_mean", None) is not None and config.latents_std is not None:
+        mean = torch.tensor(config.latents_mean).view(1, 4, 1, 1).to(device, dtype)
+        std = torch.tensor(config.latents_std).view(1, 4, 1, 1).to(device, dtype)
+        return (latents - mean) * config.scaling_factor / std
+    return config.scaling_factor * latents
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """Images in [0, 1] (N, 3, H, W), on any device: made uint8 there, so only a quarter
+    of the bytes cross to the host, and in float32 (bf16 cannot round x·255 exactly)."""
+    as_bytes = (pixels.float() * 255).round().clamp(0, 255).to(torch.uint8)
+    return [Image.fromarray(a) for a in as_bytes.permute(0, 2, 3, 1).cpu().numpy()]
 
 
 def generate(

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -300,3 +301,74 @@ def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, silent_serv
     assert "cannot reach the Hugging Face hub" in str(outcome[0])
     # The probe's 0.5 s plus, at most, huggingface_hub's own 3 s side request.
     assert time.monotonic() - started < 10
+
+
+# ------------------------------------------------------------- encode, seeds, pixels
+
+
+@pytest.mark.parametrize("scheduler", ["Euler a", "DPM2 Karras"])
+def test_each_input_is_encoded_once_and_gives_the_plain_pipelines_images(
+    pipe: StableDiffusionXLImg2ImgPipeline,
+    source: Image.Image,
+    monkeypatch: pytest.MonkeyPatch,
+    scheduler: str,
+) -> None:
+    """Three samples of one job: ONE VAE encode (the plain pipeline makes three), and
+    the very images the plain pipeline gives for the same seeds and generators."""
+    run: Any = pipe
+    request = make_request(source, samples=3, seed=77, scheduler=scheduler, strength=0.5)
+    encodes: list[int] = []
+    real_encode = run.vae.encode
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        encodes.append(1)
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(run.vae, "encode", counted)
+    ours = generate(pipe, request).images
+    assert len(encodes) == 1
+
+    encodes.clear()
+    original = run.scheduler
+    run.scheduler = make_scheduler(scheduler, run.scheduler.config)
+    try:
+        plain = run(
+            prompt=request.prompt,
+            image=source,
+            strength=request.strength,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            num_images_per_prompt=3,
+            generator=[torch.Generator("cpu").manual_seed(77 + i) for i in range(3)],
+        ).images
+    finally:
+        run.scheduler = original
+    assert len(encodes) == 3
+    for mine, theirs in zip(ours, plain, strict=True):
+        assert np.array_equal(pixels(mine), pixels(theirs))  # same kernels: bit for bit
+
+
+def test_seeds_use_cpu_generators_one_per_sample(source: Image.Image) -> None:
+    requests = [make_request(source, samples=2, seed=10), make_request(source, seed=50)]
+    generators = pipeline_module.sample_generators(requests)
+    assert [g.device.type for g in generators] == ["cpu"] * 3
+    assert [g.initial_seed() for g in generators] == [10, 11, 50]
+
+
+def test_non_finite_pixels_fail_the_request_instead_of_black_images(
+    model_dir: Path, source: Image.Image
+) -> None:
+    broken: Any = load_pipeline(str(model_dir), device="cpu")
+    with torch.no_grad():
+        broken.vae.post_quant_conv.weight.fill_(float("nan"))  # the decode overflows
+    result = generate(broken, make_request(source, samples=2))
+    assert result.failure == pipeline_module.NON_FINITE_OUTPUT
+    assert result.images == []
+
+
+def test_pixels_become_uint8_images_as_diffusers_makes_them() -> None:
+    values = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(3))
+    made = pipeline_module.to_pil(values)
+    expected = (values.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    assert [image.size for image in made] == [(24, 16), (24, 16)]
+    assert all((np.asarray(m) == e).all() for m, e in zip(made, expected, strict=True))
