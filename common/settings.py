@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     model_id: str = "segmind/SSD-1B"
     model_device: Literal["auto", "cpu", "cuda"] = "auto"
     model_variant: str | None = None
+    # The pipeline's dtype: auto = bfloat16 on CUDA, float32 on a CPU (worker/pipeline.py
+    # resolve_dtype says why); float16 wants VAE_ID set to an fp16-safe VAE.
+    model_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # A VAE to use instead of the model's own (a hub id or a folder), e.g.
+    # madebyollin/sdxl-vae-fp16-fix with MODEL_DTYPE=float16.
+    vae_id: str | None = None
     # The GPU worker pool: an API queues its jobs in this pool, a worker runs only the
     # jobs of its own pool (PostgreSQL `jobs.queue`), and its wake-ups travel on the
     # Redis queue of this name. One pool per kind of GPU, if you have several.

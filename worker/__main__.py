@@ -43,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     logger.info("loading %s (device=%s)", settings.model_id, settings.model_device)
     try:
-        pipe = load_pipeline(settings.model_id, settings.model_device, settings.model_variant)
+        pipe = load_pipeline(
+            settings.model_id,
+            settings.model_device,
+            settings.model_variant,
+            settings.model_dtype,
+            settings.vae_id,
+        )
     except ModelLoadError as exc:
         print(f"worker: cannot load the model: {exc}", file=sys.stderr)
         return 2

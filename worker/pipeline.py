@@ -232,19 +232,42 @@ def _load_hub(
     )
 
 
-def load_pipeline(
-    model_id: str, device: str = "auto", variant: str | None = None
-) -> StableDiffusionXLImg2ImgPipeline:
-    """Load ``model_id`` (a local folder or a hub id) ready for :func:`generate`.
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
-    fp16 on CUDA, fp32 elsewhere (CPUs have no fast fp16 kernels). Raises
-    :class:`ModelLoadError`, saying what to set, when the model cannot be loaded.
+
+def resolve_dtype(name: str, target: torch.device) -> torch.dtype:
+    """``auto`` → bfloat16 on CUDA, float32 elsewhere (CPUs have no fast half kernels).
+
+    bfloat16 rather than float16 on CUDA: it has float32's range, so SDXL's VAE, which
+    overflows in float16, runs in it as is, with no per-call casts to float32 and back
+    (diffusers' `force_upcast`), and no NaN. Its 8-bit mantissa (float16 has 11) moves
+    pixels by a few levels against float16: other images for a seed, not worse ones.
+    float16 is as fast on H100/H200; with it, set VAE_ID to an fp16-safe VAE
+    (madebyollin/sdxl-vae-fp16-fix) or the VAE round trips come back."""
+    if name == "auto":
+        return torch.bfloat16 if target.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ModelLoadError(f"MODEL_DTYPE {name!r}: expected auto or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_pipeline(
+    model_id: str,
+    device: str = "auto",
+    variant: str | None = None,
+    dtype_name: str = "auto",
+    vae_id: str | None = None,
+) -> StableDiffusionXLImg2ImgPipeline:
+    """Load ``model_id`` (a local folder or a hub id) ready for :func:`generate`, in
+    ``dtype_name`` (:func:`resolve_dtype`), with the VAE ``vae_id`` instead of the
+    model's own if given. Raises :class:`ModelLoadError`, saying what to set, when the
+    model cannot be loaded.
     """
     model_id = model_id.strip()
     if not model_id:
         raise ModelLoadError(f"MODEL_ID is empty. {_HOW_TO_FIX}")
     target = resolve_device(device)
-    dtype = torch.float16 if target.type == "cuda" else torch.float32
+    dtype = resolve_dtype(dtype_name, target)
 
     folder = Path(model_id).expanduser()
     if folder.exists() or _looks_like_path(model_id):
@@ -255,12 +278,58 @@ def load_pipeline(
         pipe = _load_local(folder, dtype, variant)
     else:
         pipe = _load_hub(model_id, dtype, variant, on_cuda=target.type == "cuda")
+    if vae_id:
+        _as_any(pipe).register_modules(vae=_load_vae(vae_id.strip(), dtype))
+    _settle_vae_precision(pipe, dtype, own_vae=not vae_id)
 
     _as_any(pipe).to(target)
     _as_any(pipe).set_progress_bar_config(disable=True)
     remember_base_scheduler_config(pipe)
     logger.info("loaded %s on %s (%s)", model_id, target, dtype)
     return pipe
+
+
+def _load_vae(vae_id: str, dtype: torch.dtype) -> Any:
+    """An AutoencoderKL from a folder (with or without a `vae` subfolder) or a hub id
+    (the cache first, like the model)."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(vae_id).expanduser()
+    if folder.exists() or _looks_like_path(vae_id):
+        root = folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
+        if not (root / "config.json").is_file():
+            raise ModelLoadError(f"VAE_ID {vae_id!r} is not a diffusers AutoencoderKL folder")
+        return AutoencoderKL.from_pretrained(str(root), dtype=dtype, local_files_only=True)
+    try:
+        return AutoencoderKL.from_pretrained(vae_id, dtype=dtype, local_files_only=True)
+    except Exception as cached_miss:
+        if _hub_offline():
+            raise ModelLoadError(
+                f"VAE_ID {vae_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+            ) from cached_miss
+    probe_hub(vae_id)
+    try:
+        return AutoencoderKL.from_pretrained(vae_id, dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load VAE_ID {vae_id!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _settle_vae_precision(
+    pipe: StableDiffusionXLImg2ImgPipeline, dtype: torch.dtype, own_vae: bool
+) -> None:
+    """Clear the VAE's `force_upcast` wherever its dtype is safe (bfloat16, float32, or
+    a VAE given by VAE_ID, which is asserted fp16-safe): diffusers then runs encode and
+    decode in the pipeline's dtype instead of casting the VAE to float32 and back at
+    every call. float16 with the model's own VAE keeps it, and says so."""
+    vae = _as_any(pipe).vae
+    if dtype == torch.float16 and own_vae and vae.config.force_upcast:
+        logger.warning(
+            "float16 with the model's own VAE: every VAE encode and decode runs in float32 "
+            "(casting it there and back); set MODEL_DTYPE=bfloat16, or VAE_ID to an "
+            "fp16-safe VAE such as madebyollin/sdxl-vae-fp16-fix"
+        )
+        return
+    vae.register_to_config(force_upcast=False)
 
 
 def remember_base_scheduler_config(pipe: StableDiffusionXLImg2ImgPipeline) -> Mapping[str, Any]:

@@ -372,3 +372,41 @@ def test_pixels_become_uint8_images_as_diffusers_makes_them() -> None:
     expected = (values.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
     assert [image.size for image in made] == [(24, 16), (24, 16)]
     assert all((np.asarray(m) == e).all() for m, e in zip(made, expected, strict=True))
+
+
+# ------------------------------------------------------------------------ precision
+
+
+def test_dtype_auto_is_bfloat16_on_cuda_and_float32_on_a_cpu() -> None:
+    resolve = pipeline_module.resolve_dtype
+    assert resolve("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve("auto", torch.device("cpu")) == torch.float32
+    assert resolve("float16", torch.device("cpu")) == torch.float16
+    with pytest.raises(ModelLoadError, match="MODEL_DTYPE"):
+        resolve("float8", torch.device("cpu"))
+
+
+def test_bfloat16_runs_the_vae_without_upcasting(model_dir: Path, source: Image.Image) -> None:
+    pipe: Any = load_pipeline(str(model_dir), device="cpu", dtype_name="bfloat16")
+    assert pipe.unet.dtype == pipe.vae.dtype == torch.bfloat16
+    assert pipe.vae.config.force_upcast is False  # no fp32 round trip per encode/decode
+    result = generate(pipe, make_request(source, samples=2))
+    assert result.failure is None and len(result.images) == 2
+    assert pipe.vae.dtype == torch.bfloat16  # never cast away
+
+
+def test_float16_keeps_the_upcast_of_its_own_vae_but_not_of_a_safe_one(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    own: Any = load_pipeline(str(model_dir), device="cpu", dtype_name="float16")
+    assert own.vae.config.force_upcast is True
+    assert "VAE_ID" in caplog.text  # says how to avoid the round trips
+
+    other = make_tiny_pipeline(tmp_path / "other", seed=1)  # its VAE stands in for a safe one
+    safe: Any = load_pipeline(str(model_dir), device="cpu", dtype_name="float16", vae_id=str(other))
+    assert safe.vae.config.force_upcast is False
+    expected = StableDiffusionXLImg2ImgPipeline.from_pretrained(str(other)).vae
+    theirs = next(iter(expected.parameters())).to(torch.float16)
+    assert torch.equal(next(iter(safe.vae.parameters())), theirs)
+    with pytest.raises(ModelLoadError, match="VAE_ID"):
+        load_pipeline(str(model_dir), device="cpu", vae_id=str(tmp_path / "missing"))
