@@ -189,7 +189,8 @@ def _drive_step_monitor(job_id: uuid.UUID, account_id: uuid.UUID) -> None:
     written: list[int] = []
     for step in range(1, 41):
         now[0] += tick
-        monitor(step, 40)
+        monitor(step, 40)  # the denoising thread: no I/O
+        monitor.poll()  # the watcher's round after it: Redis and PostgreSQL
         report = progress_store.read(job_id)
         assert report is not None
         if not written or report.step != written[-1]:
@@ -199,14 +200,16 @@ def _drive_step_monitor(job_id: uuid.UUID, account_id: uuid.UUID) -> None:
     assert report is not None
     assert report.eta_seconds == 0
 
-    # The Redis flag stops the next step that reads it: the first one at least
-    # CANCEL_FLAG_CHECK_SECONDS after the last read (a step sooner does not read it).
+    # The watcher reads the Redis flag at most every CANCEL_FLAG_CHECK_SECONDS; the step
+    # after the read that saw it raised stops.
     now[0] += CANCEL_FLAG_CHECK_SECONDS
-    monitor(40, 40)  # reads the flag: not raised
+    monitor.poll()  # reads the flag: not raised
     cancel_flags.raise_flag(job_id)
     now[0] += tick
-    monitor(41, 80)  # too soon to read it again
+    monitor.poll()  # too soon to read it again
+    monitor(41, 80)  # goes on
     now[0] += CANCEL_FLAG_CHECK_SECONDS
+    monitor.poll()  # reads it
     with pytest.raises(JobCancelled) as stopped:
         monitor(42, 80)
     assert (stopped.value.done, stopped.value.total) == (42, 80)
@@ -219,8 +222,10 @@ def _drive_step_monitor(job_id: uuid.UUID, account_id: uuid.UUID) -> None:
     cancel_flags.clear(job_id)  # the flag request_cancel raised, lost
     monitor = StepMonitor(job_id, clock=lambda: now[0], cancel_db_check_seconds=5)
     now[0] += 1
-    monitor(1, 40)  # no database check yet
+    monitor.poll()  # no database check yet
+    monitor(1, 40)
     now[0] += 5
+    monitor.poll()  # the database check
     with pytest.raises(JobCancelled):
         monitor(2, 40)
 

@@ -12,6 +12,7 @@ only when no member is left. A failure of the whole call fails each member (refu
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import time
@@ -32,7 +33,13 @@ from common.storage import Storage
 from worker import fault_hooks
 from worker.heartbeat import LeaseHeartbeat
 from worker.pipeline import GenerationRequest, GenerationResult, generate_batch
-from worker.step_monitor import JobCancelled, LeaseLost, StepMonitor, record_cancelled
+from worker.step_monitor import (
+    JobCancelled,
+    LeaseLost,
+    StepMonitor,
+    StepWatcher,
+    record_cancelled,
+)
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLImg2ImgPipeline
@@ -163,6 +170,8 @@ class BatchRun:
         ]
         self.started = time.perf_counter()
         self.generated: float | None = None  # when the pipeline call returned
+        # Beside the pipeline call: each member's cancel checks and progress reports.
+        self.watcher = StepWatcher(lambda: [m.monitor for m in self._live()])
 
     def _lease_lost_of(self, job_id: uuid.UUID) -> Any:
         return lambda: self.heartbeat.lost(job_id)
@@ -198,13 +207,20 @@ class BatchRun:
             except JobCancelled as stop:
                 self._end(member)
                 metrics = self._metrics(member, steps_done=stop.done, steps_total=stop.total)
-                if record_cancelled(member.job.id, metrics, lease_owner=self.owner):
-                    logger.info("%s", stop)
+                # Recorded by the watcher: the denoising thread does no network I/O.
+                self.watcher.later(functools.partial(self._record_cancelled, member, metrics, stop))
             except LeaseLost as stop:
                 self._end(member)  # the job's new owner records its result
                 logger.warning("%s", stop)
+        self.watcher.step_taken()
         if not self._live():
             raise _AllStopped
+
+    def _record_cancelled(
+        self, member: _Member, metrics: dict[str, Any], stop: JobCancelled
+    ) -> None:
+        if record_cancelled(member.job.id, metrics, lease_owner=self.owner):
+            logger.info("%s", stop)
 
     def run(self, recorder: Recorder | None = None) -> None:
         """Generate, then upload and record each member's result: here, or on
@@ -240,6 +256,7 @@ class BatchRun:
             return None
         logger.info("running %s", ", ".join(str(m.job.id) for m in live))
         requests = [m.request for m in live if m.request is not None]
+        self.watcher.start()
         try:
             results = generate_batch(self.pipe, requests, self.on_step)
         except _AllStopped:
@@ -250,6 +267,8 @@ class BatchRun:
             for member in members:
                 self._fail(member, error)
             return None
+        finally:
+            self.watcher.stop()  # records what was cancelled, reports the last steps
         return list(zip(live, results, strict=True))
 
     def _record_all(self, results: list[tuple[_Member, GenerationResult]]) -> None:

@@ -1,17 +1,28 @@
 """What the worker does between two denoising steps of a job: check whether the job was
-cancelled, and report its progress. It runs on the GPU's critical path (hundreds of
-times per job), so it costs at most one Redis round trip per step (the cancel flag, read
-at most every `CANCEL_FLAG_CHECK_SECONDS`), writes progress to
-Redis at most every `progress.MIN_WRITE_INTERVAL_SECONDS`, and touches PostgreSQL only
-every `CANCEL_DB_CHECK_SECONDS` (a cancel check) and every
-WEBHOOK_PROGRESS_INTERVAL_SECONDS (a short transaction reading the job, and inserting
-job.progress deliveries when some target asked for them): never once per step. While
-PostgreSQL is down those two cost a step up to the connect timeout each.
+cancelled, and report its progress.
+
+Two halves, so that the denoising thread never waits on the network:
+
+- `StepMonitor.__call__(done, total)`, the step callback, on the denoising thread
+  (hundreds of times per job, on the GPU's critical path): in-memory work only. It
+  raises `JobCancelled` once a cancel request was seen, `LeaseLost` once the lease
+  heartbeat found the lease taken back, and leaves the step it reached for the watcher.
+- `StepMonitor.poll()`, on the `StepWatcher` thread that runs beside each pipeline call
+  (every `CANCEL_FLAG_CHECK_SECONDS`, and at once after a step): the Redis cancel flag
+  (every `CANCEL_FLAG_CHECK_SECONDS`), the database's cancel request (every
+  `CANCEL_DB_CHECK_SECONDS`, in case the flag was lost), the progress report to Redis (at
+  most every `progress.MIN_WRITE_INTERVAL_SECONDS`, the first and the last step always)
+  and the job.progress webhooks (throttled per job by the webhooks module). While
+  Redis or PostgreSQL is down these wait on their timeouts there, not in a step.
+
+A cancel is thus seen by the step after the watcher read it: within a step, or 50 ms on
+small fast ones.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,13 +37,11 @@ logger = logging.getLogger(__name__)
 # The database holds cancel requests for sure; the Redis flag only makes them fast. So
 # the database is asked too, now and then, in case the flag was lost.
 CANCEL_DB_CHECK_SECONDS = 5.0
-# The Redis cancel flag is read at a step only if this long has passed since it was
-# last read: every step of a full-size model (tens of milliseconds each on a GPU), not
-# every step of a small fast one, where the round trip was measured at 3-4 % of the
-# worker's time (docs/performance.md, "Service path").
+# How often the watcher reads the Redis cancel flag (and so how late a cancel can be
+# seen on a fast model); on a full-size model that is every step or two.
 CANCEL_FLAG_CHECK_SECONDS = 0.05
 # After a Redis error, leave Redis alone this long: a down Redis must not add a
-# timeout to every step of the job.
+# timeout to every poll of the job.
 REDIS_BACKOFF_SECONDS = 5.0
 
 
@@ -56,7 +65,7 @@ class LeaseLost(Exception):
 
 
 class StepMonitor:
-    """The `on_step(done, total)` callback of one job's `generate()`."""
+    """One job's step callback (`__call__`, no I/O) and its watcher's work (`poll`)."""
 
     def __init__(
         self,
@@ -71,6 +80,10 @@ class StepMonitor:
         self._lease_lost = lease_lost
         self._clock = clock
         self._started = clock()
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        # The latest step not reported yet, with the time it was reached.
+        self._pending: tuple[int, int, float] | None = None
         self._first_step: tuple[int, float] | None = None
         self._last_write: float | None = None
         self._last_db_check = self._started
@@ -79,18 +92,35 @@ class StepMonitor:
         self._db_check_seconds = cancel_db_check_seconds
         self._redis_retry_at = 0.0
 
+    # -- the denoising thread: memory only -------------------------------------------
+
     def __call__(self, done: int, total: int) -> None:
         now = self._clock()
         if self._lease_lost():
             raise LeaseLost(self.job_id, done, total)
-        if self._cancel_requested(now):
+        if self._cancelled.is_set():
             raise JobCancelled(self.job_id, done, total)
-        if self._first_step is None:
-            self._first_step = (done, now)
-        if self._redis_usable(now) and self._write_due(done, total, now):
+        with self._lock:
+            if self._first_step is None:
+                self._first_step = (done, now)
+            self._pending = (done, total, now)
+
+    # -- the watcher thread: Redis and PostgreSQL --------------------------------------
+
+    def poll(self) -> None:
+        """Look for a cancel request, and report the latest step reached. Never raises."""
+        now = self._clock()
+        if not self._cancelled.is_set() and self._cancel_requested(now):
+            self._cancelled.set()
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        done, total, reached = pending
+        if self._redis_usable(now) and self._write_due(done, total, reached):
             try:
-                progress.write(self.job_id, done, total, self._eta(done, total, now))
-                self._last_write = now
+                progress.write(self.job_id, done, total, self._eta(done, total, reached))
+                self._last_write = reached
             except Exception:
                 self._redis_failed(now, "report progress")
         # job.progress webhooks: throttled per job by the webhooks module; never raises.
@@ -146,6 +176,60 @@ class StepMonitor:
             REDIS_BACKOFF_SECONDS,
             exc_info=True,
         )
+
+
+class StepWatcher:
+    """The thread beside one pipeline call: polls the monitors of its live members
+    every `CANCEL_FLAG_CHECK_SECONDS` and at once after each step (`step_taken`), and
+    runs the work the denoising thread hands it (`later`: recording a cancelled
+    member). `stop()` polls a last time and runs what is left."""
+
+    def __init__(
+        self,
+        monitors: Callable[[], list[StepMonitor]],
+        interval: float = CANCEL_FLAG_CHECK_SECONDS,
+    ) -> None:
+        self._monitors = monitors
+        self._interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._later: list[Callable[[], Any]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="step-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def step_taken(self) -> None:
+        self._wake.set()
+
+    def later(self, work: Callable[[], Any]) -> None:
+        with self._lock:
+            self._later.append(work)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self._round()
+        self._round()  # what the last steps left
+
+    def _round(self) -> None:
+        with self._lock:
+            work, self._later = self._later, []
+        for item in work:
+            try:
+                item()
+            except Exception:
+                logger.exception("step watcher: deferred work failed")
+        for monitor in self._monitors():
+            monitor.poll()
 
 
 def record_cancelled(
