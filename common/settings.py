@@ -126,6 +126,17 @@ class Settings(BaseSettings):
     # A VAE to use instead of the model's own (a hub id or a folder), e.g.
     # madebyollin/sdxl-vae-fp16-fix with MODEL_DTYPE=float16.
     vae_id: str | None = None
+    # CPU threads of torch's kernels; 0 = automatic (worker/tuning.py torch_threads).
+    torch_threads: int = Field(default=0, ge=0)
+    # Output sizes (WIDTHxHEIGHT) the GPU worker warms up for, and compiles for with
+    # TORCH_COMPILE; jobs of other sizes run eager (worker/tuning.py).
+    shape_buckets: list[str] = Field(default_factory=lambda: ["1024x1024"])
+    # A warm-up generation before the worker claims anything: auto = every shape bucket
+    # on CUDA, one 64x64 call on a CPU.
+    warmup: Literal["auto", "on", "off"] = "auto"
+    # torch.compile the UNet for the shape buckets (minutes at the first start; the
+    # kernels are cached in TORCHINDUCTOR_CACHE_DIR).
+    torch_compile: bool = False
     # The GPU worker pool: an API queues its jobs in this pool, a worker runs only the
     # jobs of its own pool (PostgreSQL `jobs.queue`), and its wake-ups travel on the
     # Redis queue of this name. One pool per kind of GPU, if you have several.
@@ -198,6 +209,8 @@ class Settings(BaseSettings):
     # 0 = never.
     worker_max_jobs: int = Field(default=0, ge=0)
     worker_max_rss_mb: int = Field(default=0, ge=0)
+    # ...or once the GPU memory torch holds exceeds this (0 = no limit).
+    worker_max_gpu_memory_mb: int = Field(default=0, ge=0)
 
     @field_validator("admin_token")
     @classmethod

@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from common.settings import get_settings
 from common.storage import get_storage
-from worker import runtime
-from worker.pipeline import ModelLoadError, load_pipeline
+from worker import runtime, tuning
+from worker.pipeline import ModelLoadError, load_pipeline, resolve_device
 from worker.recycle import Recycler
 from worker.runner import Runner
 
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     logger.info("loading %s (device=%s)", settings.model_id, settings.model_device)
     try:
+        device = resolve_device(settings.model_device)
+        threads = tuning.torch_threads(settings.torch_threads, device.type)
+        torch.set_num_threads(threads)
         pipe = load_pipeline(
             settings.model_id,
             settings.model_device,
@@ -50,9 +54,16 @@ def main(argv: list[str] | None = None) -> int:
             settings.model_dtype,
             settings.vae_id,
         )
-    except ModelLoadError as exc:
+        buckets = [tuning.parse_size(size) for size in settings.shape_buckets]
+    except (ModelLoadError, ValueError) as exc:
         print(f"worker: cannot load the model: {exc}", file=sys.stderr)
         return 2
+    done = tuning.optimise(pipe, device)
+    if settings.torch_compile:
+        tuning.compile_unet(pipe, buckets)
+        done.append(f"torch.compile for {settings.shape_buckets}")
+    logger.info("%d CPU threads; %s", threads, ", ".join(done) or "eager, as loaded")
+    tuning.warm_up(pipe, tuning.warmup_sizes(settings.warmup, device.type, buckets))
     runtime.set_pipeline(pipe)
     runner = Runner(pipe, get_storage(), settings, Recycler.from_settings(settings))
     runtime.set_runner(runner)

@@ -20,6 +20,7 @@ from diffusers import StableDiffusionXLImg2ImgPipeline
 from huggingface_hub import constants as hf_constants
 from PIL import Image
 
+from worker import tuning
 from worker.schedulers import SCHEDULERS, UnknownSchedulerError, make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -516,7 +517,7 @@ def generate_batch(
         # save_pretrained) always keeps the model's own scheduler.
         run.scheduler = scheduler
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), tuning.unet_for(pipe, first.image.size):
                 embeddings = _encode_prompts(run, requests, device, guidance)
                 prompt_embeds = embeddings["prompt_embeds"]
                 assert prompt_embeds is not None
