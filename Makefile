@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell grep '^torch==' constraints.txt)
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down demo test lint typecheck check clean
+.PHONY: venv up down demo test lint typecheck check clean wheelhouse
 
 venv: $(STAMP)
 
@@ -42,3 +42,16 @@ check: lint typecheck test
 
 clean: down
 	rm -rf .stack out
+
+# Every wheel the project needs except torch, for a GPU machine without network
+# (README "GPU"): pip install --no-index --find-links wheelhouse -e '.[worker,stack]'.
+# For that machine's Python (WHEEL_PYTHON) on x86-64 Linux.
+WHEEL_PYTHON ?= 3.11
+wheelhouse: venv
+	grep -v -e '^torch==' -e '^#' constraints.txt > $(VENV)/wheelhouse.txt
+	echo setuptools >> $(VENV)/wheelhouse.txt
+	echo wheel >> $(VENV)/wheelhouse.txt
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d wheelhouse \
+		--python-version $(WHEEL_PYTHON) --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform linux_x86_64 --platform any -r $(VENV)/wheelhouse.txt

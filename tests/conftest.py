@@ -80,6 +80,9 @@ def services_env(
         # low limits per account instead (tests/test_limits.py).
         env["DEFAULT_RATE_LIMIT_PER_MINUTE"] = "1000000"
         env["DEFAULT_MAX_JOBS_IN_FLIGHT"] = "1000000"
+        # The fuzzer sends hundreds of wrong admin tokens from 127.0.0.1: no lockout here
+        # (tests/test_admin.py checks it on an API of its own, from another address).
+        env["ADMIN_AUTH_FAILURES_PER_MINUTE"] = "1000000"
         # Webhook retries in fractions of a second instead of a day (tests/test_webhooks.py):
         # five retries, a sweep twice a second, lost messages re-sent after 2 s.
         env["WEBHOOK_RETRY_SCHEDULE_SECONDS"] = "[0.2, 0.2, 0.2, 0.2, 0.2]"

@@ -118,6 +118,7 @@ def test_a_hundred_waiters_on_one_process(live_stack: Stack) -> None:
         # One tenant's hundred jobs at once, past the default per-tenant caps.
         DEFAULT_MAX_JOBS_IN_FLIGHT=str(WAITERS),
         DEFAULT_RATE_LIMIT_PER_MINUTE=str(10 * WAITERS),
+        DEFAULT_MAX_STREAMS=str(WAITERS),
     ) as api:
         outcome = asyncio.run(_scenario(api, key, account_id))
 
