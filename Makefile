@@ -19,14 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[worker,stack,dev]'
 	touch $(STAMP)
 
+# MODEL_ID=segmind/SSD-1B (or any hub id or folder): the real model instead of the tiny one.
 up: venv
-	$(BIN)/ssd-img2img stack up
+	$(BIN)/ssd-img2img stack up $(if $(MODEL_ID),--model-id "$(MODEL_ID)")
 
 down:
 	@if test -x $(BIN)/ssd-img2img; then $(BIN)/ssd-img2img stack down; fi
 
 demo: venv
-	$(BIN)/ssd-img2img demo --out out
+	$(BIN)/ssd-img2img demo --out out $(if $(MODEL_ID),--model-id "$(MODEL_ID)")
 
 test: venv
 	$(BIN)/pytest -q $(PYTEST_ARGS)

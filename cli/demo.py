@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -80,13 +81,28 @@ def submit_and_wait(
     return result
 
 
-def run_demo(state_dir: Path, out_dir: Path, keep_up: bool = False) -> list[Path]:
+@dataclass(frozen=True)
+class DemoOutcome:
+    input: Path
+    outputs: list[Path]
+    tiny_model: bool  # the outputs are the tiny random model's noise
+
+
+def run_demo(
+    state_dir: Path,
+    out_dir: Path,
+    keep_up: bool = False,
+    model_id: str | None = None,
+    api_port: int = 8000,
+) -> DemoOutcome:
     was_up = pidfile_process_alive(pidfile_path(state_dir.resolve(), stack.API)) is not None
-    env = stack.up(state_dir)
+    env = stack.up(state_dir, api_port=api_port, model_id=model_id)
+    tiny = stack.is_tiny_model(env)
     try:
         api_key = create_account(env, credits=1000)
+        source = sample_image(256 if tiny else 1024)  # SSD-1B's own size for a real model
         body = {
-            "image": base64.b64encode(sample_image()).decode(),
+            "image": base64.b64encode(source).decode(),
             "prompt": "a watercolor painting of hills under a summer sky",
             "negative_prompt": "blurry, low quality",
             "samples": 2,
@@ -96,14 +112,17 @@ def run_demo(state_dir: Path, out_dir: Path, keep_up: bool = False) -> list[Path
             "seed": 42,
             "strength": 0.8,
         }
-        result = submit_and_wait(env["API_URL"], api_key, body)
+        result = submit_and_wait(env["API_URL"], api_key, body, timeout=300 if tiny else 3600)
         out_dir.mkdir(parents=True, exist_ok=True)
+        prefix = f"demo-{result['request_id'][:8]}"
+        given = out_dir / f"{prefix}-input.jpg"
+        given.write_bytes(source)
         paths = []
         for index, url in enumerate(result["output"]):
-            path = out_dir / f"demo-{result['request_id'][:8]}-{index}.jpg"
+            path = out_dir / f"{prefix}-{index}.jpg"
             path.write_bytes(httpx.get(url, timeout=30).raise_for_status().content)
             paths.append(path.resolve())
-        return paths
+        return DemoOutcome(given.resolve(), paths, tiny)
     finally:
         if not (keep_up or was_up):
             stack.down(state_dir)

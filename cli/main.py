@@ -108,6 +108,13 @@ def storage_ensure_bucket() -> None:
     click.echo(f"bucket {store.bucket} is ready")
 
 
+_MODEL_ID_HELP = (
+    "A real model instead of the tiny test one: a hub id (segmind/SSD-1B) or a diffusers "
+    "folder; downloaded when not cached (unless HF_HUB_OFFLINE=1), device chosen "
+    "automatically."
+)
+
+
 @main.group("stack")
 def stack_group() -> None:
     """The embedded local stack (PostgreSQL, Redis, SeaweedFS, API, worker)."""
@@ -118,10 +125,16 @@ def stack_group() -> None:
     "--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True
 )
 @click.option("--api-port", default=8000, show_default=True)
-def stack_up(state_dir: Path, api_port: int) -> None:
+@click.option("--model-id", help=_MODEL_ID_HELP)
+def stack_up(state_dir: Path, api_port: int, model_id: str | None) -> None:
     """Start everything and return once it is healthy."""
+    if model_id:
+        click.echo(
+            f"model {model_id}: loading (downloading it first if it is not in the "
+            f"Hugging Face cache; see {state_dir / 'logs' / 'worker.log'})"
+        )
     try:
-        env = local_stack.up(state_dir, api_port=api_port)
+        env = local_stack.up(state_dir, api_port=api_port, model_id=model_id)
     except local_stack.StackError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"stack is up: API {env['API_URL']}; settings in {state_dir / 'env'}")
@@ -145,16 +158,25 @@ def stack_down(state_dir: Path) -> None:
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True
 )
 @click.option("--keep-up", is_flag=True, help="Leave the stack running afterwards.")
-def demo(state_dir: Path, out_dir: Path, keep_up: bool) -> None:
-    """Start the stack, send one img2img job through the HTTP API, save the JPEGs."""
+@click.option("--model-id", help=_MODEL_ID_HELP)
+def demo(state_dir: Path, out_dir: Path, keep_up: bool, model_id: str | None) -> None:
+    """Start the stack, send one img2img job through the HTTP API, save the input and
+    the output JPEGs side by side."""
     from cli.demo import run_demo
 
     try:
-        paths = run_demo(state_dir, out_dir, keep_up=keep_up)
+        outcome = run_demo(state_dir, out_dir, keep_up=keep_up, model_id=model_id)
     except local_stack.StackError as exc:
         raise click.ClickException(str(exc)) from exc
-    for path in paths:
-        click.echo(f"wrote {path}")
+    click.echo(f"input  {outcome.input}")
+    for path in outcome.outputs:
+        click.echo(f"output {path}")
+    if outcome.tiny_model:
+        click.echo(
+            "NOTE: these outputs come from the tiny RANDOM-weight test model: they are noise, "
+            "by design. For real images: make demo MODEL_ID=segmind/SSD-1B (downloads about "
+            "7 GB; a CUDA GPU strongly advised)."
+        )
 
 
 if __name__ == "__main__":

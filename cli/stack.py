@@ -148,7 +148,28 @@ def wait_healthy(
         time.sleep(0.2)
 
 
-def up(state_dir: Path, api_port: int = 8000) -> dict[str, str]:
+# worker.tiny_model.MARKER_FILE (not imported: that would load torch for a file name).
+TINY_MODEL_MARKER = "TINY_MODEL.txt"
+
+
+def model_env(model_id: str | None) -> dict[str, str]:
+    """The settings for a real model instead of the tiny one: MODEL_ID as given (a hub
+    id or a folder), the device chosen automatically (CUDA when there is one), and the
+    hub reachable unless the caller's own environment sets HF_HUB_OFFLINE (then a model
+    not in the cache fails at once, with the worker's usual message)."""
+    if not model_id:
+        return {}
+    offline = os.environ.get("HF_HUB_OFFLINE", "0")
+    return {"MODEL_ID": model_id, "MODEL_DEVICE": "auto", "HF_HUB_OFFLINE": offline}
+
+
+def is_tiny_model(env: Mapping[str, str]) -> bool:
+    """Whether the stack runs the tiny random-weight test model (its images are noise)."""
+    return (Path(env["MODEL_ID"]) / TINY_MODEL_MARKER).is_file()
+
+
+def up(state_dir: Path, api_port: int = 8000, model_id: str | None = None) -> dict[str, str]:
+    """Start everything; the tiny model unless `model_id` names a real one (README)."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     env_file = state_dir / "env"
@@ -160,12 +181,15 @@ def up(state_dir: Path, api_port: int = 8000) -> dict[str, str]:
         services = start_services(state_dir)
         api_url = f"http://127.0.0.1:{api_port}"
         env = service_env(services, api_url, state_dir / "models" / "tiny")
+        env.update(model_env(model_id))
         write_env_file(env_file, env)
         migrate(env)
-        ensure_tiny_model(Path(env["MODEL_ID"]))
+        if not model_id:
+            ensure_tiny_model(Path(env["MODEL_ID"]))
         start_api(state_dir, env, api_port)
         ready = [start_worker(state_dir, env), start_background(state_dir, env)]
-        wait_healthy(state_dir, api_url, ready)
+        # A real model may first download (gigabytes) into the Hugging Face cache.
+        wait_healthy(state_dir, api_url, ready, timeout=3600 if model_id else 120)
     except BaseException:
         down(state_dir)
         raise
