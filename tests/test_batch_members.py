@@ -4,6 +4,7 @@ cancellation and failure."""
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import uuid
@@ -26,6 +27,7 @@ from tests.test_credits import balance, ledger_sum
 from tests.test_limits import wait_until
 from worker import execute
 from worker.pipeline import NON_FINITE_OUTPUT, GenerationResult
+from worker.prefetch import InputPrefetcher
 
 SHAPE = {"image": image_b64(64, 64), "scheduler": "Euler a", "strength": 0.5}
 # Long enough to cancel mid-call, short enough to finish: 197 step callbacks at 128².
@@ -221,3 +223,64 @@ def test_a_member_with_non_finite_pixels_fails_refunded_and_the_others_complete(
     assert [reason.value for reason, _ in ledger_of(str(bad.id))] == ["job_debit", "job_refund"]
     assert good.status == JobStatus.COMPLETED and len(good.output_keys) == 1
     assert balance(account_id) == 1000 - 20 == ledger_sum(account_id)
+
+
+def test_the_next_input_is_read_while_the_gpu_works_and_the_next_claim_uses_it(
+    live_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the first claim generates, the prefetcher reads the fair order's next job's
+    input; the claim of that job then reads nothing from S3."""
+    account_id, _ = live_stack.create_account(credits=1000)
+    pool = f"prefetch-{uuid.uuid4().hex[:8]}"  # no worker claims from it but this test
+    store = get_storage()
+    ids, keys = [], []
+    for _ in range(2):
+        key = f"inputs/{account_id}/{uuid.uuid4()}.png"
+        store.put(key, base64.b64decode(image_b64(64, 64)), "image/png")
+        keys.append(key)
+        ids.append(
+            insert_job(
+                account_id,
+                JobStatus.QUEUED,
+                cost=20,
+                queue=pool,
+                input_key=key,
+                width=64,
+                height=64,
+            )
+        )
+    with session_scope() as session:
+        for job_id in ids:
+            credits.debit_for_job(session, uuid.UUID(account_id), job_id, 20)
+
+    read: list[str] = []
+    real_get = store.get
+
+    def counted_get(key: str) -> bytes:
+        read.append(key)
+        return real_get(key)
+
+    monkeypatch.setattr(store, "get", counted_get)
+    white = Image.new("RGB", (64, 64), "white")
+    monkeypatch.setattr(
+        execute,
+        "generate_batch",
+        lambda _pipe, requests, _on_step: [GenerationResult([white], 10) for _ in requests],
+    )
+    # One job per claim: the second is the next claim's, the one to guess.
+    settings = get_settings().model_copy(update={"gpu_queue": pool, "max_batch_images": 1})
+    prefetcher = InputPrefetcher(store, pool)
+    try:
+        first = execute.claim(settings)
+        assert first is not None and [job.id for job in first.jobs] == ids[:1]
+        execute.execute(first, cast(Any, None), store, settings, prefetcher=prefetcher)
+        prefetcher.wait()
+        assert read == keys  # the first's input by its claim, the second's by the prefetch
+        second = execute.claim(settings)
+        assert second is not None and [job.id for job in second.jobs] == ids[1:]
+        execute.execute(second, cast(Any, None), store, settings, prefetcher=prefetcher)
+        prefetcher.wait()
+    finally:
+        prefetcher.close()
+    assert read == keys  # the second claim read no input: it was ready
+    assert all(load_job(str(job_id)).status == JobStatus.COMPLETED for job_id in ids)

@@ -33,6 +33,7 @@ from common.storage import Storage
 from worker import fault_hooks
 from worker.heartbeat import LeaseHeartbeat
 from worker.pipeline import GenerationRequest, GenerationResult, generate_batch
+from worker.prefetch import InputPrefetcher
 from worker.step_monitor import (
     JobCancelled,
     LeaseLost,
@@ -118,7 +119,11 @@ def _request(job: ClaimedJob, store: Storage) -> GenerationRequest:
     p = job.params
     # Stored as received; made upright, RGB and of the output size here (the API only
     # checked it: common/images.py).
-    source = images.normalise(store.get(job.input_key), p["width"], p["height"])
+    return _request_from(job, images.normalise(store.get(job.input_key), p["width"], p["height"]))
+
+
+def _request_from(job: ClaimedJob, source: Image.Image) -> GenerationRequest:
+    p = job.params
     return GenerationRequest(
         image=source,
         prompt=p["prompt"],
@@ -153,8 +158,10 @@ class BatchRun:
         pipe: StableDiffusionXLImg2ImgPipeline,
         store: Storage,
         settings: Settings,
+        prefetcher: InputPrefetcher | None = None,
     ) -> None:
         self.owner = work.owner
+        self.prefetcher = prefetcher
         self.pipe = pipe
         self.store = store
         self.heartbeat = LeaseHeartbeat(
@@ -247,7 +254,7 @@ class BatchRun:
         for member in self.members:
             fault_hooks.maybe_crash(member.job.params)  # test-only; inert unless set
             try:
-                member.request = _request(member.job, self.store)
+                member.request = self._input_of(member.job)
             except Exception as exc:
                 what = f"job {member.job.id}: reading its input"
                 self._fail(member, _failure(exc, what, "reading the input image"))
@@ -257,6 +264,8 @@ class BatchRun:
         logger.info("running %s", ", ".join(str(m.job.id) for m in live))
         requests = [m.request for m in live if m.request is not None]
         self.watcher.start()
+        if self.prefetcher is not None:  # the likely next inputs, while the GPU works
+            self.prefetcher.start({m.job.input_key for m in self.members})
         try:
             results = generate_batch(self.pipe, requests, self.on_step)
         except _AllStopped:
@@ -270,6 +279,14 @@ class BatchRun:
         finally:
             self.watcher.stop()  # records what was cancelled, reports the last steps
         return list(zip(live, results, strict=True))
+
+    def _input_of(self, job: ClaimedJob) -> GenerationRequest:
+        if self.prefetcher is not None:
+            p = job.params
+            ready = self.prefetcher.take(job.input_key, p["width"], p["height"])
+            if ready is not None:
+                return _request_from(job, ready)
+        return _request(job, self.store)
 
     def _record_all(self, results: list[tuple[_Member, GenerationResult]]) -> None:
         try:
@@ -339,7 +356,9 @@ def execute(
     store: Storage,
     settings: Settings,
     recorder: Recorder | None = None,
+    prefetcher: InputPrefetcher | None = None,
 ) -> None:
     """Run the claimed jobs and record each one's end (on `recorder`, if given: then
-    the end may be recorded after this returns; `recorder.wait()` waits for it)."""
-    BatchRun(work, pipe, store, settings).run(recorder)
+    the end may be recorded after this returns; `recorder.wait()` waits for it); with
+    `prefetcher`, read the likely next inputs while the GPU works."""
+    BatchRun(work, pipe, store, settings, prefetcher).run(recorder)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from common.settings import Settings
 from common.storage import Storage
 from worker import execute
+from worker.prefetch import InputPrefetcher
 from worker.recycle import Recycler
 
 if TYPE_CHECKING:
@@ -48,6 +49,10 @@ class Runner:
         self._thread = threading.Thread(target=self._loop, name="gpu-runner", daemon=True)
         # Uploads and records each claim while the next one generates.
         self._recorder = execute.Recorder()
+        # Reads the likely next inputs while a claim generates (worker/prefetch.py).
+        self._prefetcher = InputPrefetcher(
+            store, settings.gpu_queue, accounts=max(2, settings.max_batch_images)
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -103,9 +108,12 @@ class Runner:
                 self._woken.wait(self.settings.worker_poll_seconds)
                 continue
             try:
-                execute.execute(work, self.pipe, self.store, self.settings, self._recorder)
+                execute.execute(
+                    work, self.pipe, self.store, self.settings, self._recorder, self._prefetcher
+                )
             except Exception:
                 logger.exception("running %s failed", [str(job.id) for job in work.jobs])
             self.recycler.jobs_done(len(work.jobs))
         self._recorder.close()  # a stopping worker records what it ran
+        self._prefetcher.close()
         logger.info("runner stopped")
