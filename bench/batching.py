@@ -7,7 +7,7 @@ A batch is that many single-sample requests with their own prompts and seeds (wh
 scheduler hands a worker: compatible jobs of several tenants). Each size gets one
 warm-up call, then `--repeats` timed calls; the speed-up is against batch 1 in the same
 run. `--model full` builds the full-size SSD-1B architecture with random weights (no
-download; platform-notes.md), fp16 on CUDA: for the first H100/H200. `--model PATH`
+download; worker/random_model.py), bf16 on CUDA: for the first H100/H200. `--model PATH`
 loads a diffusers pipeline folder.
 """
 
@@ -26,97 +26,18 @@ import torch
 from PIL import Image
 
 from worker.pipeline import GenerationRequest, generate_batch, load_pipeline
-from worker.tiny_model import build_tiny_pipeline, make_tiny_pipeline
+from worker.tiny_model import make_tiny_pipeline
 
 
 def full_size_pipeline(device: str) -> Any:
     """SSD-1B's architecture (UNet 1.33 B parameters), SDXL's text encoders and VAE, with
-    random weights: timing only, the images are noise."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLImg2ImgPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
+    random weights (worker/random_model.py): timing only, the images are noise."""
+    from worker.random_model import build_random_pipeline
 
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    unet = UNet2DConditionModel(
-        sample_size=128,
-        block_out_channels=(320, 640, 1280),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        mid_block_type="UNetMidBlock2D",
-        transformer_layers_per_block=[[1, 1], [2, 2], [4, 4]],
-        reverse_transformer_layers_per_block=[[4, 4, 10], [2, 1, 1], [1, 1, 1]],
-        attention_head_dim=[5, 10, 20],
-        cross_attention_dim=2048,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[128, 256, 512, 512],
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        scaling_factor=0.13025,
-    )
-    # The tiny model's byte-level tokenizer serves: 77 ids per prompt either way.
-    tiny = build_tiny_pipeline()
-    tokenizer: CLIPTokenizer = tiny.tokenizer
-    tokenizer_2: CLIPTokenizer = tiny.tokenizer_2
-    special = {
-        "vocab_size": 49408,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    text_l = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            hidden_act="quick_gelu",
-            **special,
-        )
-    )
-    text_g = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            hidden_size=1280,
-            intermediate_size=5120,
-            num_attention_heads=20,
-            num_hidden_layers=32,
-            hidden_act="gelu",
-            projection_dim=1280,
-            **special,
-        )
-    )
-    pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=vae,
-        text_encoder=text_l,
-        text_encoder_2=text_g,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            timestep_spacing="leading",
-            steps_offset=1,
-        ),
-        add_watermarker=False,
-    )
-    pipe.to(device, dtype)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):  # created where it runs: no host copy of 2.4 B weights
+        pipe: Any = build_random_pipeline("ssd-1b", dtype=dtype)
+    pipe.vae.register_to_config(force_upcast=False)  # bf16/fp32: no VAE round trips
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
