@@ -283,7 +283,7 @@ class BatchRun:
     def _input_of(self, job: ClaimedJob) -> GenerationRequest:
         if self.prefetcher is not None:
             p = job.params
-            ready = self.prefetcher.take(job.input_key, p["width"], p["height"])
+            ready = self.prefetcher.take(job.input_key, p.get("width", 0), p.get("height", 0))
             if ready is not None:
                 return _request_from(job, ready)
         return _request(job, self.store)
