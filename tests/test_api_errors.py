@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import uuid
 
+import pytest
+from sqlalchemy import func, select
+
+from common.db import session_scope
+from common.models import Job
 from tests.conftest import Stack
 from tests.helpers import job_body
 
@@ -65,12 +70,17 @@ def test_missing_and_wrong_key(live_stack: Stack) -> None:
 
 
 def test_not_enough_credits_is_406_without_job(live_stack: Stack) -> None:
-    _, key = live_stack.create_account(credits=39)
+    account_id, key = live_stack.create_account(credits=39)
     with live_stack.client(key) as client:
         response = client.post("/v2/ssd-img2img", json=job_body(samples=2, num_inference_steps=20))
     assert response.status_code == 406
     assert "costs 40" in response.json()["error"] and "39" in response.json()["error"]
     assert _balance(live_stack, key) == 39
+    with session_scope() as session:
+        jobs = session.execute(
+            select(func.count()).select_from(Job).where(Job.account_id == uuid.UUID(account_id))
+        ).scalar_one()
+    assert jobs == 0
 
 
 def test_unknown_path_and_method_are_json(live_stack: Stack) -> None:

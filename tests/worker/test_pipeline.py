@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -238,11 +237,19 @@ def test_cuda_without_cuda_is_a_load_error(
 
 
 def test_uncached_hub_id_fails_at_once_when_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, nothing is even tried on the network: "at once" means no connection."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.monotonic()
+    connections: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: object) -> None:
+        connections.append(address)
+        real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
         load_pipeline("ssd-img2img-tests/not-a-real-model", device="cpu")
-    assert time.monotonic() - started < 5
+    assert connections == []
 
 
 @pytest.fixture
@@ -291,16 +298,16 @@ def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, silent_serv
         except BaseException as exc:
             outcome.append(exc)
 
-    # In a thread so that a regression shows as a failure, not a hung test run.
+    # In a thread so that a regression shows as a failure, not a hung test run: the
+    # probe gives up after its 0.5 s (huggingface_hub alone would wait forever), so the
+    # generous join below only ever fails on a hang.
     thread = threading.Thread(target=load, daemon=True)
-    started = time.monotonic()
     thread.start()
-    thread.join(30)
+    thread.join(60)
     assert not thread.is_alive(), "load_pipeline hung on a silent hub"
     assert isinstance(outcome[0], ModelLoadError)
     assert "cannot reach the Hugging Face hub" in str(outcome[0])
-    # The probe's 0.5 s plus, at most, huggingface_hub's own 3 s side request.
-    assert time.monotonic() - started < 10
+    assert "waited at most 0.5 s" in str(outcome[0])
 
 
 # ------------------------------------------------------------- encode, seeds, pixels
