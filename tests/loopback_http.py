@@ -3,6 +3,7 @@ what each request looked like on the wire (Host header, TLS server name)."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -140,3 +141,31 @@ def serving(httpd: ThreadingHTTPServer) -> Iterator[None]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts connections and never answers (nor reads): a
+    dead receiver, a firewall, a hung proxy."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+    listener.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()

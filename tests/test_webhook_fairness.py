@@ -6,8 +6,6 @@ go meanwhile."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,36 +30,10 @@ from common.webhooks import manage
 from common.webhooks.signing import new_webhook_id
 from tests.conftest import Stack
 from tests.helpers import insert_job, job_body, wait_terminal
+from tests.loopback_http import silent_server
 from tests.webhook_receiver import Receiver, wait_until, webhook_receiver
 
 ALL_EVENTS = ["started", "progress", "completed"]
-
-
-@contextmanager
-def silent_server() -> Iterator[int]:
-    """A port that accepts connections and never answers (nor reads)."""
-    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
-    listener.settimeout(0.1)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        for conn in held:
-            conn.close()
-        listener.close()
 
 
 def _in_flight(account_id: str) -> int:

@@ -24,7 +24,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from worker.tiny_model import byte_level_tokenizer, save_new_pipeline, ssd1b_scheduler
+from worker.tiny_model import assemble, byte_level_tokenizer, save_new_pipeline, ssd1b_scheduler
 
 ARCHITECTURES = ("ssd-1b",)
 SSD_1B_UNET_PARAMETERS = 1_331_334_404
@@ -128,18 +128,7 @@ def build_random_pipeline(
             vae = AutoencoderKL(**SDXL_VAE)
     with torch.device("cpu"):  # the scheduler's tables, even under a meta device
         scheduler = ssd1b_scheduler()
-    return StableDiffusionXLImg2ImgPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=unet,
-        scheduler=scheduler,
-        requires_aesthetics_score=False,
-        force_zeros_for_empty_prompt=True,
-        add_watermarker=False,
-    )
+    return assemble(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler)
 
 
 def make_random_pipeline(out_dir: Path, arch: str = "ssd-1b", seed: int = 0) -> Path:

@@ -170,6 +170,21 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
         text_encoder_2 = CLIPTextModelWithProjection(text_config)
         unet = _unet()
         vae = _vae()
+    scheduler = ssd1b_scheduler()
+    return assemble(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler)
+
+
+def assemble(
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    text_encoder_2: CLIPTextModelWithProjection,
+    tokenizer: CLIPTokenizer,
+    tokenizer_2: CLIPTokenizer,
+    unet: UNet2DConditionModel,
+    scheduler: EulerDiscreteScheduler,
+) -> StableDiffusionXLImg2ImgPipeline:
+    """The img2img pipeline of these components, configured as SSD-1B's (base model
+    time ids, zero embeddings for an empty negative prompt, no watermark)."""
     return StableDiffusionXLImg2ImgPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -177,7 +192,7 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionXLImg2ImgPipeline:
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
-        scheduler=ssd1b_scheduler(),
+        scheduler=scheduler,
         requires_aesthetics_score=False,
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,

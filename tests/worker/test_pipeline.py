@@ -16,6 +16,7 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image
 
 from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
+from tests.loopback_http import silent_server
 from tests.worker.requests import make_request
 from worker import pipeline as pipeline_module
 from worker.pipeline import (
@@ -253,40 +254,18 @@ def test_uncached_hub_id_fails_at_once_when_offline(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.fixture
-def silent_server() -> Iterator[str]:
+def silent_hub() -> Iterator[str]:
     """A host that accepts connections and never answers: the case where
     huggingface_hub (no timeout) would wait forever."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        server.close()
+    with silent_server() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
-def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, silent_server: str) -> None:
+def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, silent_hub: str) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "ENDPOINT", silent_server)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", silent_hub)
     monkeypatch.setattr(pipeline_module, "HUB_PROBE_TIMEOUT_S", 0.5)
 
     outcome: list[BaseException | None] = []
