@@ -84,8 +84,8 @@ UPDATE jobs SET queue_seq = ranked.seq
 FROM (SELECT id, row_number() OVER (PARTITION BY account_id ORDER BY created_at, id) AS seq
       FROM jobs WHERE status = 'QUEUED') AS ranked
 WHERE jobs.id = ranked.id;
-INSERT INTO account_queues (account_id, queue, pass, queued, queued_work, next_seq)
-SELECT account_id, queue, 0, count(*), sum(work), max(queue_seq)
+INSERT INTO account_queues (account_id, queue, pass, queued, queued_work, next_seq, head_seq)
+SELECT account_id, queue, 0, count(*), sum(work), max(queue_seq), min(queue_seq)
 FROM jobs WHERE status = 'QUEUED' GROUP BY account_id, queue;
 """
 
@@ -534,9 +534,12 @@ def _worker_process(
     )
 
 
-def _poll_positions(warmup: float, seconds: float, results: dict[str, Any]) -> None:
+def _poll_positions(
+    warmup: float, seconds: float, max_images: int, results: dict[str, Any]
+) -> None:
     """queue_position of queued jobs of light accounts, as status polls would ask it,
-    ten times a second after `warmup`."""
+    ten times a second after `warmup`; before and after, the buffers that one position
+    and one claim's candidate query read."""
     from sqlalchemy import select, text
 
     from common import scheduler
@@ -554,16 +557,22 @@ def _poll_positions(warmup: float, seconds: float, results: dict[str, Any]) -> N
             ).scalars()
         )
 
-    def buffers(job_id: uuid.UUID) -> int:
+    def buffers(statement: str, params: dict[str, Any]) -> int:
+        # Rolled back: the claim's statement locks what it reads.
         with session_scope() as session:
             plan = session.execute(
-                text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + scheduler._POSITION.text),
-                {"job_id": job_id},
+                text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement), params
             ).scalar_one()
+            session.rollback()
         top = plan[0]["Plan"]
         return int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))
 
-    results["buffers_start"] = buffers(sample[0])
+    def measure(when: str) -> None:
+        results[f"buffers_{when}"] = buffers(scheduler._POSITION.text, {"job_id": sample[0]})
+        claim = scheduler.candidates_statement(max_images, True).text
+        results[f"claim_buffers_{when}"] = buffers(claim, {"queue": POOL})
+
+    measure("start")
     time.sleep(warmup)
     deadline = time.monotonic() + seconds
     i = 0
@@ -577,7 +586,7 @@ def _poll_positions(warmup: float, seconds: float, results: dict[str, Any]) -> N
             scheduler.queue_position(session, job)
         latencies.append((time.perf_counter() - start) * 1000)
         time.sleep(0.1)  # 10 polls a second
-    results["buffers_end"] = buffers(sample[0])
+    measure("end")
     results["latencies"] = latencies
 
 
@@ -645,7 +654,8 @@ def main() -> None:
         wall = time.perf_counter()
         positions: dict[str, Any] = {}
         poller = threading.Thread(
-            target=_poll_positions, args=(args.warmup + 2, args.seconds, positions)
+            target=_poll_positions,
+            args=(args.warmup + 2, args.seconds, args.max_images, positions),
         )
         poller.start()
         ctx = mp.get_context("spawn")
@@ -759,6 +769,10 @@ def main() -> None:
             (
                 "queue_position shared buffers, start / end",
                 f"{positions.get('buffers_start')} / {positions.get('buffers_end')}",
+            ),
+            (
+                "claim candidate query shared buffers, start / end",
+                f"{positions.get('claim_buffers_start')} / {positions.get('claim_buffers_end')}",
             ),
             (
                 "fairness: served work/weight of the backlogged accounts, max − min, "

@@ -298,6 +298,9 @@ class AccountQueue(Base):
     queued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     queued_work: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     next_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # No queued job of the line has a queue_seq below it (migration 0011): claims and
+    # positions start reading the line there, past the entries of jobs claimed before.
+    head_seq: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
 
 
 class CreditLedgerEntry(Base):

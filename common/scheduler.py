@@ -178,13 +178,13 @@ _CANDIDATES = """
                queue_seq
         FROM jobs
         WHERE jobs.account_id = q.account_id AND jobs.queue = :queue
-          AND jobs.status = 'QUEUED'
+          AND jobs.status = 'QUEUED' AND jobs.queue_seq >= q.head_seq
         ORDER BY queue_seq LIMIT {per_account}
         FOR UPDATE SKIP LOCKED) AS j
     ORDER BY q.pass, q.account_id, j.queue_seq
 """
 _LEAST_SERVED = """
-    SELECT account_id, pass FROM account_queues
+    SELECT account_id, pass, head_seq FROM account_queues
     WHERE queue = :queue AND queued > 0
     ORDER BY pass, account_id LIMIT {limit}
 """
@@ -194,7 +194,7 @@ _LEAST_SERVED = """
 OWN_WINDOW = 64
 CLAIM_LOCK_CLASS = 0x55D1  # first key of the advisory locks of claims (pg_locks.classid)
 _OWN_ACCOUNTS = """
-    SELECT account_id, pass FROM ({window}) AS least
+    SELECT account_id, pass, head_seq FROM ({window}) AS least
     WHERE pg_try_advisory_xact_lock({lock_class}, hashtext(account_id::text || :queue))
     ORDER BY pass, account_id LIMIT {limit}
 """
@@ -274,7 +274,7 @@ _POSITION_SQL = """
                least(greatest(j.queue_seq - (
                    SELECT h.queue_seq FROM jobs AS h
                    WHERE h.account_id = j.account_id AND h.queue = j.queue
-                     AND h.status = 'QUEUED'
+                     AND h.status = 'QUEUED' AND h.queue_seq >= q.head_seq
                    ORDER BY h.queue_seq LIMIT 1), 0), greatest(q.queued - 1, 0)) AS ahead
         FROM jobs AS j
         JOIN account_queues AS q ON q.account_id = j.account_id AND q.queue = j.queue
@@ -292,11 +292,11 @@ _POSITION_SQL = """
             WHEN abs(o.x - round(o.x)) <= 1e-6 AND (
                 SELECT h.created_at FROM jobs AS h
                 WHERE h.account_id = o.account_id AND h.queue = o.queue
-                  AND h.status = 'QUEUED'
+                  AND h.status = 'QUEUED' AND h.queue_seq >= o.head_seq
                 ORDER BY h.queue_seq LIMIT 1) < tol.created_at
             THEN round(o.x) + 1
             ELSE ceil(o.x - 1e-6) END)))
-        FROM (SELECT q.account_id, q.queue, q.queued,
+        FROM (SELECT q.account_id, q.queue, q.queued, q.head_seq,
                      -- how many of its jobs' starts fit before this job's
                      (tol.vstart - q.pass) / greatest(
                          q.queued_work / q.queued / coalesce(a.scheduling_weight, 1),

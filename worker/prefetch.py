@@ -31,13 +31,13 @@ logger = logging.getLogger(__name__)
 _LIKELY_NEXT = text(
     """
     SELECT j.input_key, (j.params ->> 'width')::int, (j.params ->> 'height')::int
-    FROM (SELECT account_id FROM account_queues
+    FROM (SELECT account_id, head_seq FROM account_queues
           WHERE queue = :queue AND queued > 0
           ORDER BY pass, account_id LIMIT :accounts) AS q
     CROSS JOIN LATERAL (
         SELECT input_key, params FROM jobs
         WHERE jobs.account_id = q.account_id AND jobs.queue = :queue
-          AND jobs.status = 'QUEUED'
+          AND jobs.status = 'QUEUED' AND jobs.queue_seq >= q.head_seq
         ORDER BY queue_seq LIMIT 1) AS j
     """
 )
