@@ -252,8 +252,8 @@ def _stack(
         return
     from bench.service_floor import _account
     from cli import stack
-    from common.devstack.ports import free_port
-    from common.devstack.stack import purge_state, start_services
+    from devstack.ports import free_port
+    from devstack.stack import purge_state, start_services
 
     state = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     try:

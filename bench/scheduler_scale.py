@@ -608,7 +608,7 @@ def main() -> None:
     from sqlalchemy import text
 
     from cli import stack
-    from common.devstack.stack import purge_state, start_services
+    from devstack.stack import purge_state, start_services
 
     state = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:

@@ -48,9 +48,9 @@ from PIL import Image
 from sqlalchemy import text
 
 from cli import stack
-from common.devstack.ports import free_port
-from common.devstack.process import pidfile_path, read_pidfile, start_process, stop_pidfile
-from common.devstack.stack import purge_state, start_services
+from devstack.ports import free_port
+from devstack.process import pidfile_path, read_pidfile, start_process, stop_pidfile
+from devstack.stack import purge_state, start_services
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_QUEUE = "held-bench"  # no worker reads it: submitted jobs stay QUEUED

@@ -16,7 +16,7 @@ import httpx
 from PIL import Image, ImageDraw
 
 from cli import stack
-from common.devstack.process import pidfile_path, pidfile_process_alive
+from devstack.process import pidfile_path, pidfile_process_alive
 
 
 def sample_image(size: int = 256) -> bytes:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import click
 
 from cli import accounts as accounts_commands
 from cli import reliability
-from cli import stack as local_stack
 from cli import webhooks as webhooks_commands
 from common import accounts
 from common.db import session_scope
@@ -120,6 +120,18 @@ def stack_group() -> None:
     """The embedded local stack (PostgreSQL, Redis, SeaweedFS, API, worker)."""
 
 
+def _local_stack() -> ModuleType:
+    """cli/stack.py, which needs the development stack (devstack/, a source checkout
+    installed with the `stack` extra): production images carry neither."""
+    try:
+        from cli import stack
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the local stack needs a source checkout installed with the [stack] extra ({exc})"
+        ) from exc
+    return stack
+
+
 @stack_group.command("up")
 @click.option(
     "--state-dir", type=click.Path(path_type=Path), default=Path(".stack"), show_default=True
@@ -133,6 +145,7 @@ def stack_up(state_dir: Path, api_port: int, model_id: str | None) -> None:
             f"model {model_id}: loading (downloading it first if it is not in the "
             f"Hugging Face cache; see {state_dir / 'logs' / 'worker.log'})"
         )
+    local_stack = _local_stack()
     try:
         env = local_stack.up(state_dir, api_port=api_port, model_id=model_id)
     except local_stack.StackError as exc:
@@ -146,7 +159,7 @@ def stack_up(state_dir: Path, api_port: int, model_id: str | None) -> None:
 )
 def stack_down(state_dir: Path) -> None:
     """Stop everything `stack up` started."""
-    local_stack.down(state_dir)
+    _local_stack().down(state_dir)
     click.echo("stack is down")
 
 
@@ -162,6 +175,7 @@ def stack_down(state_dir: Path) -> None:
 def demo(state_dir: Path, out_dir: Path, keep_up: bool, model_id: str | None) -> None:
     """Start the stack, send one img2img job through the HTTP API, save the input and
     the output JPEGs side by side."""
+    local_stack = _local_stack()
     from cli.demo import run_demo
 
     try:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 
-from common.devstack.ports import port_is_free
-from common.devstack.process import (
+from devstack.ports import port_is_free
+from devstack.process import (
     log_path,
     log_tail,
     pidfile_path,
@@ -28,7 +28,7 @@ from common.devstack.process import (
     start_process,
     stop_pidfile,
 )
-from common.devstack.stack import Services, start_services, stop_services
+from devstack.stack import Services, start_services, stop_services
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "api"
@@ -123,7 +123,7 @@ def start_worker(state_dir: Path, env: Mapping[str, str], name: str = WORKER) ->
 
 def start_background(state_dir: Path, env: Mapping[str, str], name: str = BACKGROUND) -> Path:
     """The CPU worker: webhook deliveries and periodic maintenance."""
-    return _start_consumer(state_dir, env, name, "common.background")
+    return _start_consumer(state_dir, env, name, "background")
 
 
 def wait_healthy(

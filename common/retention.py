@@ -1,7 +1,7 @@
 """Result retention: a finished job's objects (its input PNG and output JPEGs) are
 deleted RESULT_RETENTION_SECONDS after it finished; its row stays, with `expired_at`.
 
-The CPU worker runs `sweep()` every RETENTION_SWEEP_SECONDS (common/background/
+The CPU worker runs `sweep()` every RETENTION_SWEEP_SECONDS (background/
 retention_tasks.py), and every replica does: each batch of expired jobs is picked with
 `SELECT ... FOR UPDATE SKIP LOCKED`, its objects are deleted, and the jobs are marked
 in the transaction that holds their locks, so concurrent sweeps share the work instead

@@ -4,6 +4,7 @@ WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml constraints.txt README.md ./
 COPY api ./api
+COPY background ./background
 COPY common ./common
 COPY cli ./cli
 COPY migrations ./migrations

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from cli import stack
-from common.devstack.ports import free_port
-from common.devstack.stack import purge_state, start_services
+from devstack.ports import free_port
+from devstack.stack import purge_state, start_services
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,17 +21,17 @@ from sqlalchemy import select, text, update
 
 from cli import stack as cli_stack
 from common.db import session_scope
-from common.devstack.ports import free_port
-from common.devstack.process import (
+from common.models import Job, JobStatus
+from common.settings import get_settings
+from common.tasks import wake_gpu_workers
+from devstack.ports import free_port
+from devstack.process import (
     log_path,
     log_tail,
     pidfile_path,
     pidfile_process_alive,
     stop_pidfile,
 )
-from common.models import Job, JobStatus
-from common.settings import get_settings
-from common.tasks import wake_gpu_workers
 from tests.conftest import Stack
 
 

@@ -25,16 +25,16 @@ from sqlalchemy import func, select
 
 from cli import stack
 from common.db import session_scope
-from common.devstack.ports import free_port
-from common.devstack.process import (
+from common.models import CreditLedgerEntry, Job, LedgerReason
+from devstack.ports import free_port
+from devstack.process import (
     log_path,
     log_tail,
     pidfile_path,
     start_process,
     stop_pidfile,
 )
-from common.devstack.stack import purge_state, start_services
-from common.models import CreditLedgerEntry, Job, LedgerReason
+from devstack.stack import purge_state, start_services
 from tests.conftest import ROOT, Stack
 
 FAST_RECOVERY = {

@@ -12,8 +12,8 @@ from PIL import Image
 
 from cli import stack
 from cli.demo import run_demo
-from common.devstack.ports import free_port
-from common.devstack.process import pidfile_path, pidfile_process_alive
+from devstack.ports import free_port
+from devstack.process import pidfile_path, pidfile_process_alive
 from worker.tiny_model import MARKER_FILE
 
 

@@ -25,11 +25,11 @@ import httpx
 import pytest
 
 from cli import stack
-from common.devstack import postgres, s3
-from common.devstack import redis as redis_service
-from common.devstack.ports import free_port
-from common.devstack.process import is_running, pidfile_path, stop_pidfile
 from common.models import Job, JobStatus, LedgerReason
+from devstack import postgres, s3
+from devstack import redis as redis_service
+from devstack.ports import free_port
+from devstack.process import is_running, pidfile_path, stop_pidfile
 from tests.fault_stack import FaultStack, fault_stack, wait_until
 from tests.helpers import image_b64, job_body
 from tests.webhook_receiver import Receiver, webhook_receiver

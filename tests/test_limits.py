@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from api import ratelimit
 from cli import stack
 from common.db import session_scope
-from common.devstack.ports import free_port
-from common.devstack.process import pidfile_path, stop_pidfile
 from common.models import Job
+from devstack.ports import free_port
+from devstack.process import pidfile_path, stop_pidfile
 from tests.conftest import Stack
 from tests.extra_api import HeldApi, held_api, run_on_the_workers
 from tests.helpers import job_body, wait_terminal

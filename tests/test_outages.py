@@ -19,10 +19,10 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from cli import stack
-from common.devstack import postgres, redis, s3
-from common.devstack.ports import free_port
-from common.devstack.stack import purge_state, start_services
 from common.models import Account, Job, JobStatus
+from devstack import postgres, redis, s3
+from devstack.ports import free_port
+from devstack.stack import purge_state, start_services
 from tests.conftest import ROOT
 from tests.helpers import job_body
 

@@ -27,16 +27,16 @@ from api.img2img.expiry import output_urls
 from cli import stack
 from common import retention, storage
 from common.db import session_scope
-from common.devstack.process import (
+from common.models import Job, JobStatus
+from common.settings import Settings
+from common.storage import Storage
+from devstack.process import (
     log_path,
     log_tail,
     pidfile_path,
     pidfile_process_alive,
     stop_pidfile,
 )
-from common.models import Job, JobStatus
-from common.settings import Settings
-from common.storage import Storage
 from tests.conftest import Stack
 from tests.extra_api import held_api
 from tests.helpers import job_body, wait_terminal

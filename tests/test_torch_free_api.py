@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.devstack.process import pidfile_path, read_pidfile
+from devstack.process import pidfile_path, read_pidfile
 from tests.conftest import ROOT, Stack
 
 HEAVY = ("torch", "diffusers", "transformers", "worker")

@@ -23,10 +23,10 @@ import pytest
 import redis
 from botocore.exceptions import ClientError
 
-from common.devstack import Services, purge_state, start_services, stop_services
-from common.devstack.ports import port_is_free
-from common.devstack.process import is_running, pidfile_path, proc_starttime
-from common.devstack.s3 import s3_client
+from devstack import Services, purge_state, start_services, stop_services
+from devstack.ports import port_is_free
+from devstack.process import is_running, pidfile_path, proc_starttime
+from devstack.s3 import s3_client
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,7 +165,7 @@ def test_stop_leaves_nothing_and_restart_keeps_data(traversable_state_dir: Path)
 
     # `make down` runs in a fresh process that knows only the state dir.
     code = (
-        "import sys; from pathlib import Path; from common.devstack import stop_services; "
+        "import sys; from pathlib import Path; from devstack import stop_services; "
         "print(stop_services(Path(sys.argv[1])))"
     )
     result = subprocess.run(

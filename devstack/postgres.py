@@ -29,8 +29,8 @@ from pathlib import Path
 
 import psycopg
 
-from common.devstack.ports import LOOPBACK, wait_for_port
-from common.devstack.process import (
+from devstack.ports import LOOPBACK, wait_for_port
+from devstack.process import (
     RunAs,
     is_running,
     log_path,
@@ -39,7 +39,7 @@ from common.devstack.process import (
     start_process,
     stop_pidfile,
 )
-from common.devstack.service import (
+from devstack.service import (
     Service,
     check_requested_port,
     choose_port,

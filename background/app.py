@@ -12,9 +12,9 @@ from common.tasks import get_celery
 # Modules defining CPU tasks; each may define `BEAT_SCHEDULE: dict[str, dict]` entries
 # (Celery beat format) for periodic tasks. Add new modules here.
 TASK_MODULES: tuple[str, ...] = (
-    "common.background.retention_tasks",
-    "common.background.reconcile_tasks",
-    "common.background.webhook_tasks",
+    "background.retention_tasks",
+    "background.reconcile_tasks",
+    "background.webhook_tasks",
 )
 
 

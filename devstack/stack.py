@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.devstack import postgres, redis, s3
-from common.devstack.process import PIDS_DIR, stop_pidfile
-from common.devstack.s3 import REGION as S3_REGION
-from common.devstack.service import Service
+from devstack import postgres, redis, s3
+from devstack.process import PIDS_DIR, stop_pidfile
+from devstack.s3 import REGION as S3_REGION
+from devstack.service import Service
 
 __all__ = ["Service", "Services", "purge_state", "start_services", "stop_services"]
 

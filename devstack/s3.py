@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.devstack.ports import LOOPBACK, claim_port, free_ports, wait_for_port
-from common.devstack.process import (
+from devstack.ports import LOOPBACK, claim_port, free_ports, wait_for_port
+from devstack.process import (
     is_running,
     log_path,
     log_tail,
@@ -44,7 +44,7 @@ from common.devstack.process import (
     start_process,
     stop_pidfile,
 )
-from common.devstack.service import (
+from devstack.service import (
     Service,
     check_requested_port,
     choose_port,

@@ -11,8 +11,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from common.devstack.ports import claim_port, free_port, port_is_free
-from common.devstack.process import pidfile_path, pidfile_process_alive
+from devstack.ports import claim_port, free_port, port_is_free
+from devstack.process import pidfile_path, pidfile_process_alive
 
 RUN_DIR = "run"
 

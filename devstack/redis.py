@@ -14,8 +14,8 @@ import redis as redis_client
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from common.devstack.ports import LOOPBACK, wait_for_port
-from common.devstack.process import (
+from devstack.ports import LOOPBACK, wait_for_port
+from devstack.process import (
     is_running,
     log_path,
     log_tail,
@@ -23,7 +23,7 @@ from common.devstack.process import (
     start_process,
     stop_pidfile,
 )
-from common.devstack.service import (
+from devstack.service import (
     Service,
     check_requested_port,
     choose_port,

@@ -1,4 +1,4 @@
-"""`python -m common.background`: the CPU worker (webhook deliveries, maintenance),
+"""`python -m background`: the CPU worker (webhook deliveries, maintenance),
 with the beat scheduler embedded so periodic tasks run without a separate process.
 
 Periodic tasks must be safe when several replicas run them at once (each replica
@@ -17,12 +17,12 @@ from pathlib import Path
 
 from celery.signals import worker_ready
 
-from common.background.app import load_tasks
+from background.app import load_tasks
 from common.settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.background", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m background", description=__doc__)
     parser.add_argument("--ready-file", type=Path, help="touched once the worker consumes")
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--concurrency", type=int, default=4)

@@ -4,7 +4,7 @@ started from pip-installed binaries inside a state folder and stopped by PID.
 Torch-free; imports nothing heavy at package import time.
 """
 
-from common.devstack.service import Service
-from common.devstack.stack import Services, purge_state, start_services, stop_services
+from devstack.service import Service
+from devstack.stack import Services, purge_state, start_services, stop_services
 
 __all__ = ["Service", "Services", "purge_state", "start_services", "stop_services"]
