@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell grep '^torch==' constraints.txt)
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down demo test lint typecheck check clean wheelhouse
+.PHONY: venv up down demo test test-fast lint typecheck check clean wheelhouse
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: venv
 
 test: venv
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The unit and database tiers: no process of the service is started (docs/development.md).
+test-fast: venv
+	$(BIN)/pytest -q -m "not e2e" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

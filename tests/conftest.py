@@ -109,3 +109,26 @@ def live_stack(services_env: tuple[Path, dict[str, str]]) -> Stack:
     ready = [stack.start_worker(state_dir, env), stack.start_background(state_dir, env)]
     stack.wait_healthy(state_dir, env["API_URL"], ready, timeout=180)
     return Stack(state_dir=state_dir, env=env)
+
+
+# --------------------------------------------------------------------------- tiers
+
+# Fixtures that start processes of the service (API, workers, a stack of their own):
+# a test using any of them is end-to-end. docs/development.md "Tests".
+E2E_FIXTURES = frozenset(
+    {"live_stack", "faults", "isolated", "stack", "patient_api", "impatient_api"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test gets its tier from what it uses: `e2e` (processes of the service, or
+    marked so), else `db` (real PostgreSQL, Redis, S3), else `unit` (no services).
+    `make test-fast` runs the first two tiers: `-m "not e2e"`."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("e2e") or fixtures & E2E_FIXTURES:
+            item.add_marker(pytest.mark.e2e)
+        elif "services_env" in fixtures:
+            item.add_marker(pytest.mark.db)
+        else:
+            item.add_marker(pytest.mark.unit)

@@ -16,6 +16,9 @@ from devstack.ports import free_port
 from devstack.process import pidfile_path, pidfile_process_alive
 from worker.tiny_model import MARKER_FILE
 
+# Each test starts the whole local stack.
+pytestmark = pytest.mark.e2e
+
 
 def test_the_demo_writes_its_input_beside_the_tiny_models_outputs(tmp_path: Path) -> None:
     outcome = run_demo(tmp_path / "stack", tmp_path / "out", api_port=free_port())

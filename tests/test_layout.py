@@ -6,7 +6,6 @@ and is left out of the production images."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 

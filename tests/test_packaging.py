@@ -91,6 +91,7 @@ def test_torch_is_one_version_everywhere() -> None:
     assert not floor.specifier.contains("2.5.1")  # below what transformers 5 runs with
 
 
+@pytest.mark.e2e  # starts the worker process
 @pytest.mark.parametrize("model_id", ["{tmp}/no-such-model", "segmind/SSD-1B"])
 def test_worker_without_model_stops_with_instructions(tmp_path: Path, model_id: str) -> None:
     # HF_HUB_OFFLINE and an empty cache: the hub id cannot be loaded, and the test

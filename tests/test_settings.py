@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from common.settings import Settings
 
 
+@pytest.mark.e2e  # starts the API process
 def test_a_short_admin_token_keeps_the_api_from_starting(tmp_path: Path) -> None:
     env = {**os.environ, "ADMIN_TOKEN": "x" * 31}
     started = subprocess.run(

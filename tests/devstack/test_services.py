@@ -28,6 +28,9 @@ from devstack.ports import port_is_free
 from devstack.process import is_running, pidfile_path, proc_starttime
 from devstack.s3 import s3_client
 
+# Each test starts services of its own.
+pytestmark = pytest.mark.e2e
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
