@@ -9,7 +9,7 @@ received. The worker normalises it when it runs the job (`normalise`): EXIF
 orientation, RGB (alpha flattened on white), the output size. That work, a full decode
 plus a PNG encode at submit, was most of a submit's CPU (docs/performance.md).
 
-Output-size rule (documented in the README): the image, turned upright by its EXIF
+Output-size rule (documented in docs/api.md): the image, turned upright by its EXIF
 orientation, is scaled down, keeping its aspect ratio, so that its long side is at
 most `MAX_OUTPUT_SIDE` (1024 by default), then each side is floored to a multiple of 8
 (the VAE works on 8-pixel blocks). Sides under 64 pixels after that are refused.
@@ -29,7 +29,7 @@ _OPEN_FORMATS = tuple(sorted(ALLOWED_FORMATS))  # what Image.open(formats=...) t
 # 8-bit pixel modes that convert to RGB without guessing: grayscale, palette and alpha
 # (flattened on white) are fine. CMYK needs a colour profile to look right and 16-bit
 # samples would be silently truncated, so those are refused with a message that says
-# what to send instead (README, "Input images").
+# what to send instead (docs/api.md, "Input images").
 ALLOWED_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA"})
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_SIDE = 64

@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     # The CPU background worker's queue (webhooks, maintenance): never a GPU worker's.
     cpu_queue: str = "cpu"
 
-    # --- webhooks (common/webhooks, README "Webhooks") -------------------------------
+    # --- webhooks (common/webhooks, docs/webhooks.md) -------------------------------
     # One delivery attempt (DNS, connect, TLS, request, response) must end within this.
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
     # Attempts in flight at once, per account and per endpoint: one tenant's slow or dead

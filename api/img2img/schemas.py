@@ -51,7 +51,7 @@ class Img2ImgRequest(BaseModel):
     base64: bool = Field(
         default=True, description="v1 only: JSON with base64 instead of JPEG bytes."
     )
-    # Not Segmind's: signed webhooks of this job (README "Webhooks", common/webhooks).
+    # Not Segmind's: signed webhooks of this job (docs/webhooks.md, common/webhooks).
     webhook_url: Text | None = Field(
         default=None,
         min_length=1,
