@@ -23,19 +23,23 @@ from common.storage import Storage, get_storage
 
 
 async def get_session() -> AsyncIterator[Session]:
-    """A session per request; endpoints commit explicitly, anything else rolls back.
+    """The request's unit of work: one session, committed here once the endpoint has
+    returned and before its response is sent (`scope="function"` below), rolled back
+    if it raised (a refusal included). Endpoints never commit; the side effects that
+    transitions registered (common/after_commit.py) leave with this commit.
 
     Made and closed on the event loop, not in the threadpool: a session touches the
-    database only when used (in the endpoint's thread). Only one still holding a
-    connection (a read that did not commit) is closed in a thread, as that closing
-    rolls back over the network. Each threadpool hop costs a status poll measurably
-    (docs/performance.md)."""
+    database only when used (in the endpoint's thread). Only one holding a transaction
+    is committed or closed in a thread, as that goes over the network. Each threadpool
+    hop costs a status poll measurably (docs/performance.md)."""
     session = get_session_factory()()
     try:
         yield session
+        if session.in_transaction():
+            await run_in_threadpool(session.commit)
     finally:
         if session.in_transaction():
-            await run_in_threadpool(session.close)
+            await run_in_threadpool(session.close)  # rolls back
         else:
             session.close()
 
@@ -48,7 +52,7 @@ async def _storage() -> Storage:
     return get_storage()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 

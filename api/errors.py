@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -18,7 +17,7 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common import error_ids
-from common.refusals import Conflict, InvalidInput, NotFound
+from common.refusals import Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -48,27 +47,16 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
-class ApiError(Exception):
-    """An error with a status code and a message meant for the client."""
+class ApiError(Refusal):
+    """A refusal of the HTTP layer itself (authentication, body size, a request's state),
+    with its status code: the same vocabulary as the services' (common/refusals.py),
+    answered by the same handler."""
 
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.headers = headers
-
-
-@contextmanager
-def refusals() -> Iterator[None]:
-    """The services' refusals (common/refusals.py) as JSON errors."""
-    try:
-        yield
-    except NotFound as exc:
-        raise ApiError(404, str(exc)) from exc
-    except InvalidInput as exc:
-        raise ApiError(400, str(exc)) from exc
-    except Conflict as exc:
-        raise ApiError(409, str(exc)) from exc
+    def __init__(
+        self, status_code: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, headers)
+        self.status_code = status_code  # type: ignore[misc]  # per instance, not per class
 
 
 def parse_id(value: str, what: str) -> uuid.UUID:
@@ -80,7 +68,7 @@ def parse_id(value: str, what: str) -> uuid.UUID:
 
 
 def error_response(
-    status_code: int, message: str, headers: dict[str, str] | None = None
+    status_code: int, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status_code, headers=headers)
 
@@ -97,8 +85,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    @app.exception_handler(Refusal)
+    async def _refusal(_: Request, exc: Refusal) -> JSONResponse:
         return error_response(exc.status_code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -27,14 +27,11 @@ from typing import Annotated, Any
 
 from fastapi import Header
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, ErrorBody
 from api.img2img.schemas import Img2ImgRequest
-from common.models import Account, Job
-from common.settings import Settings
-from common.storage import Storage
+from common.models import Job
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -108,36 +105,3 @@ def check_unused(session: Session, account_id: uuid.UUID, key: IdempotencyKey | 
     original = find_original(session, account_id, key)
     if original is not None:
         raise Replay(original)
-
-
-@dataclass(frozen=True)
-class Submitted:
-    job: Job
-    balance: int
-    replayed: bool  # True: the key's original job; nothing was charged or enqueued
-
-
-def submit_and_commit(
-    session: Session,
-    store: Storage,
-    settings: Settings,
-    account: Account,
-    body: Img2ImgRequest,
-    key: IdempotencyKey | None,
-) -> Submitted:
-    """api.img2img.service.submit, then commit; once per idempotency key."""
-    from api.img2img import service  # here: service imports this module
-
-    try:
-        job, balance = service.submit(session, store, settings, account, body, idempotency=key)
-        session.commit()
-    except (Replay, IntegrityError):
-        # Replay: the key's job exists. IntegrityError: a concurrent duplicate committed
-        # first and the unique index refused this insert. Either way: read it afresh,
-        # outside the rolled-back transaction, with the account's current balance.
-        session.rollback()
-        original = find_original(session, account.id, key) if key is not None else None
-        if original is None:
-            raise
-        return Submitted(original, account.balance, replayed=True)
-    return Submitted(job, balance, replayed=False)

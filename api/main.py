@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -23,11 +24,14 @@ from api.job_events import job_events_lifespan
 from api.job_waiters import job_waiters_lifespan
 from api.response_headers import AccountHeaders
 from api.webhooks.endpoints import router as webhooks_router
-from common.settings import get_settings
+from common.settings import get_settings, warn_test_only
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    warn_test_only(get_settings(), logger)
     # One Redis subscriber per process wakes the synchronous (v1) waiters, another one
     # feeds the event streams (GET /v2/requests/{id}/events).
     async with job_waiters_lifespan(app), job_events_lifespan(app):

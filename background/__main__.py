@@ -18,7 +18,9 @@ from pathlib import Path
 from celery.signals import worker_ready
 
 from background.app import load_tasks
-from common.settings import get_settings
+from common.settings import get_settings, warn_test_only
+
+logger = logging.getLogger("background")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = get_settings()
+    warn_test_only(settings, logger)
     app = load_tasks()
 
     if args.ready_file is not None:

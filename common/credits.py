@@ -10,9 +10,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from common.models import Account, CreditLedgerEntry, Job, LedgerReason
+from common.refusals import Refusal
 
 
-class InsufficientCredits(Exception):
+class InsufficientCredits(Refusal):
+    status_code = 406
+
     def __init__(self, cost: int, balance: int) -> None:
         super().__init__(f"not enough credits: this request costs {cost}, the balance is {balance}")
         self.cost = cost
@@ -38,7 +41,8 @@ def _change_balance(session: Session, account_id: uuid.UUID, amount: int) -> int
     ).scalar_one_or_none()
 
 
-def _current_balance(session: Session, account_id: uuid.UUID) -> int:
+def balance_of(session: Session, account_id: uuid.UUID) -> int:
+    """The account's balance as this transaction sees it now."""
     return session.execute(select(Account.balance).where(Account.id == account_id)).scalar_one()
 
 
@@ -67,7 +71,7 @@ def debit_for_job(session: Session, account_id: uuid.UUID, job_id: uuid.UUID, co
     """
     balance = _change_balance(session, account_id, -cost)
     if balance is None:
-        raise InsufficientCredits(cost, _current_balance(session, account_id))
+        raise InsufficientCredits(cost, balance_of(session, account_id))
     session.add(
         CreditLedgerEntry(
             account_id=account_id, job_id=job_id, amount=-cost, reason=LedgerReason.JOB_DEBIT
@@ -129,7 +133,7 @@ def operator_change(
         raise ValueError("a grant must be positive and an adjustment non-zero")
     balance = _change_balance(session, account_id, amount)
     if balance is None:
-        raise WouldOverdraw(amount, _current_balance(session, account_id))
+        raise WouldOverdraw(amount, balance_of(session, account_id))
     entry = CreditLedgerEntry(account_id=account_id, amount=amount, reason=reason, note=note)
     session.add(entry)
     session.flush()

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.refusals import InvalidInput
+
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 _OPEN_FORMATS = tuple(sorted(ALLOWED_FORMATS))  # what Image.open(formats=...) takes
 # 8-bit pixel modes that convert to RGB without guessing: grayscale, palette and alpha
@@ -44,8 +46,8 @@ _TYPES = {
 EXTENSIONS = frozenset(extension for _, extension in _TYPES.values())
 
 
-class ImageError(ValueError):
-    """An input image that cannot be used; the message is shown to the client."""
+class ImageError(InvalidInput, ValueError):
+    """An input image that cannot be used; the message is shown to the client (400)."""
 
 
 @dataclass(frozen=True)

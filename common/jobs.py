@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from common import cancel_flags, credits, notify, progress
 from common.after_commit import after_commit
 from common.models import Job, JobStatus
+from common.refusals import Conflict, NotFound
 from common.webhooks.events import account_listens, record_job_event
 
 
@@ -203,6 +204,39 @@ def request_cancel(session: Session, job_id: uuid.UUID, account_id: uuid.UUID) -
     if job is not None:  # the worker checks the flag at every step
         after_commit(session, partial(cancel_flags.raise_flag, job.id))
     return job
+
+
+# Rounds of "cancel if QUEUED, else flag if PROCESSING" in `cancel`; a job changes state
+# at most a few times a second, so a third round finding neither is all but impossible.
+_CANCEL_ROUNDS = 3
+
+
+def cancel(session: Session, job_id: uuid.UUID, account_id: uuid.UUID) -> tuple[Job, bool]:
+    """Cancel one of the account's jobs. Returns (job, ended): QUEUED → CANCELLED at once
+    and refunded (True); PROCESSING → cancellation requested, the worker stops it within
+    a denoising step (False). NotFound for an unknown (or another account's) job,
+    Conflict when it is already over.
+
+    A job can move between the two conditional updates: put back in the queue by the
+    reconciler (its worker's lease expired) after the first missed it. Tried again
+    while it is not over."""
+    for _ in range(_CANCEL_ROUNDS):
+        job = cancel_queued(session, job_id, account_id)
+        if job is not None:
+            return job, True
+        job = request_cancel(session, job_id, account_id)
+        if job is not None:
+            return job, False
+        current = get_job(session, job_id, account_id=account_id)
+        if current is None:
+            raise NotFound("request not found")
+        if current.status.is_terminal:
+            raise Conflict(
+                f"request {job_id} is {current.status.value}: only QUEUED and PROCESSING "
+                "requests can be cancelled"
+            )
+        session.expire(current)  # the next round must read it afresh
+    raise Conflict(f"request {job_id} is changing state; try again")
 
 
 def cancel_requested(session: Session, job_id: uuid.UUID) -> bool:

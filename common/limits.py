@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from common.models import Account, Job, JobStatus
+from common.refusals import TooMany
 from common.settings import Settings
 
 IN_FLIGHT_STATUSES = (JobStatus.QUEUED, JobStatus.PROCESSING)
@@ -32,7 +33,7 @@ class Limits:
     max_streams: int  # event streams + v1 waits open at once, per API process
 
 
-class TooManyJobsInFlight(Exception):
+class TooManyJobsInFlight(TooMany):
     def __init__(self, cap: int) -> None:
         super().__init__(
             f"too many jobs in flight: this account may have at most {cap} jobs queued or "

@@ -1,22 +1,41 @@
-"""Refusals of the services (common/account_admin.py, common/webhooks/manage.py): what
-the caller asked for cannot be done. Each front end turns them into its own answer:
-the API into 404 / 400 / 409 JSON errors (api/errors.py `refusals`), the CLI into an
-error message and exit status 1 (cli/commands.py `operation`)."""
+"""The one error vocabulary: a `Refusal` is what the caller asked for and cannot have,
+with the message meant for them, the HTTP status it is answered with and any headers
+(Retry-After). Services raise them; each front end maps them once: the API to a JSON
+error in api/errors.py, the CLI to a message and exit status 1 in cli/commands.py.
+
+Anything else that escapes is a failure of ours: the API answers a generic 500/503
+with an error id (common/error_ids.py), never the exception's text."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
 
 
 class Refusal(Exception):
     """A refusal meant for the caller; its message says why."""
 
+    status_code: ClassVar[int] = 400
 
-class NotFound(Refusal):
-    pass
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers) if headers else None
 
 
 class InvalidInput(Refusal):
-    pass
+    status_code = 400
+
+
+class NotFound(Refusal):
+    status_code = 404
 
 
 class Conflict(Refusal):
-    pass
+    status_code = 409
+
+
+class TooMany(Refusal):
+    """A bound of the caller's reached: retry later (Retry-After when it is known)."""
+
+    status_code = 429

@@ -6,6 +6,7 @@ Both the API and the worker read the same settings; the local stack writes them 
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Literal
 
@@ -267,3 +268,31 @@ def _password(database_url: str) -> str | None:
         return make_url(database_url).password
     except ArgumentError:
         return None  # not a URL at all: the database connection will say so
+
+
+# Below this, results are deleted within minutes of finishing: a test's setting.
+_TEST_RETENTION_SECONDS = 300
+
+
+def unsafe_test_settings(settings: Settings) -> list[str]:
+    """The settings in force that exist for tests and local development only, each with
+    what it costs in service. Every process logs them loudly at start
+    (`warn_test_only`)."""
+    found = []
+    if settings.allow_loopback_urls:
+        found.append(
+            "ALLOW_LOOPBACK_URLS=true: image URLs and webhooks may reach services on this host"
+        )
+    if settings.result_retention_seconds < _TEST_RETENTION_SECONDS:
+        found.append(
+            f"RESULT_RETENTION_SECONDS={settings.result_retention_seconds}: results are "
+            "deleted within minutes of finishing"
+        )
+    return found
+
+
+def warn_test_only(settings: Settings, logger: logging.Logger, *extra: str) -> None:
+    """Log each test-only setting in force (and `extra` ones of the process) as a warning
+    that cannot be missed."""
+    for what in [*unsafe_test_settings(settings), *extra]:
+        logger.warning("TEST-ONLY SETTING IN FORCE, never in production: %s", what)

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from common.settings import Settings
+from common.settings import Settings, unsafe_test_settings
+from devstack.process import log_path
+from tests.conftest import Stack
 
 
 @pytest.mark.e2e  # starts the API process
@@ -65,3 +67,23 @@ def test_own_secrets_are_accepted() -> None:
         database_url="postgresql+psycopg://ssd:kT9-own@postgres:5432/ssd_img2img",
     )
     assert own.default_secrets() == []
+
+
+def test_test_only_settings_are_named() -> None:
+    safe = Settings(allow_loopback_urls=False, result_retention_seconds=24 * 3600)
+    assert unsafe_test_settings(safe) == []
+    unsafe = unsafe_test_settings(Settings(allow_loopback_urls=True, result_retention_seconds=5))
+    assert [what.split("=")[0] for what in unsafe] == [
+        "ALLOW_LOOPBACK_URLS",
+        "RESULT_RETENTION_SECONDS",
+    ]
+
+
+def test_every_process_warns_of_the_test_only_settings_it_runs_with(live_stack: Stack) -> None:
+    """The test stack allows loopback URLs (its webhooks and image servers are local):
+    the API, the GPU worker and the CPU worker each say so loudly at start."""
+    for process in ("api", "worker", "background"):
+        log = log_path(live_stack.state_dir, process).read_text()
+        assert "TEST-ONLY SETTING IN FORCE, never in production: ALLOW_LOOPBACK_URLS" in log, (
+            process
+        )

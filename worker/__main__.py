@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from common.settings import get_settings
+from common.settings import get_settings, warn_test_only
 from common.storage import get_storage
-from worker import runtime, tuning
+from worker import fault_hooks, runtime, tuning
 from worker.pipeline import ModelLoadError, load_pipeline, resolve_device
 from worker.recycle import Recycler
 from worker.runner import Runner
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     settings = get_settings()
+    warn_test_only(settings, logger, *fault_hooks.enabled())
     logger.info("loading %s (device=%s)", settings.model_id, settings.model_device)
     try:
         device = resolve_device(settings.model_device)

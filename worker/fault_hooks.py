@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 CRASH_PROMPT_ENV = "WORKER_TEST_CRASH_PROMPT"
 
 
+def enabled() -> list[str]:
+    """The fault hooks armed in this process, said for the start-up warning."""
+    if os.environ.get(CRASH_PROMPT_ENV):
+        return [f"{CRASH_PROMPT_ENV} is set: the worker kills itself on that prompt"]
+    return []
+
+
 def maybe_crash(params: Mapping[str, Any]) -> None:
     sentinel = os.environ.get(CRASH_PROMPT_ENV)
     if sentinel and params.get("prompt") == sentinel:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, status
 from api.admin import schemas
 from api.admin.auth import require_admin
 from api.deps import SessionDep, SettingsDep
-from api.errors import ErrorBody, error_responses, refusals
+from api.errors import ErrorBody, error_responses
 from common import account_admin
 from common.models import AccountStatus, LedgerReason
 
@@ -39,9 +39,7 @@ def create_account(
     body: schemas.CreateAccountBody, session: SessionDep, settings: SettingsDep
 ) -> schemas.CreatedAccount:
     """Create an account and its first API key; the key is shown in this answer only."""
-    with refusals():
-        account, key = account_admin.create_account(session, body.name, body.credits)
-    session.commit()
+    account, key = account_admin.create_account(session, body.name, body.credits)
     return schemas.CreatedAccount(
         account=schemas.account_view(account, settings), api_key=schemas.new_key_view(key)
     )
@@ -56,8 +54,7 @@ def list_accounts(
     status: Annotated[AccountStatus | None, Query(description="Only this status.")] = None,
 ) -> schemas.AccountPage:
     """Accounts, newest first."""
-    with refusals():
-        page = account_admin.list_accounts(session, limit=limit, cursor=cursor, status=status)
+    page = account_admin.list_accounts(session, limit=limit, cursor=cursor, status=status)
     return schemas.AccountPage(
         accounts=[schemas.account_view(a, settings) for a in page.accounts],
         next_cursor=page.next_cursor,
@@ -69,8 +66,7 @@ def get_account(
     account_id: uuid.UUID, session: SessionDep, settings: SettingsDep
 ) -> schemas.AccountDetail:
     """One account, with its jobs in flight, active keys and newest ledger entries."""
-    with refusals():
-        account = account_admin.get_account(session, account_id)
+    account = account_admin.get_account(session, account_id)
     return schemas.account_detail(session, account, settings)
 
 
@@ -86,11 +82,9 @@ def add_credits(
     settings: SettingsDep,
 ) -> schemas.CreditsChanged:
     """A grant (positive), or an adjustment of either sign with a note; one ledger entry."""
-    with refusals():
-        account, entry = account_admin.add_credits(
-            session, account_id, body.amount, LedgerReason(body.reason), body.note
-        )
-    session.commit()
+    account, entry = account_admin.add_credits(
+        session, account_id, body.amount, LedgerReason(body.reason), body.note
+    )
     return schemas.CreditsChanged(
         account=schemas.account_view(account, settings),
         entry=schemas.ledger_entry_view(entry),
@@ -128,9 +122,7 @@ def set_limits(
     """Set the fields sent; null returns a limit to the service default. Takes effect
     at the account's next request."""
     changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
-    with refusals():
-        account = account_admin.set_limits(session, account_id, **changes)
-    session.commit()
+    account = account_admin.set_limits(session, account_id, **changes)
     return schemas.account_view(account, settings)
 
 
@@ -144,33 +136,26 @@ def create_key(
     account_id: uuid.UUID, body: schemas.CreateKeyBody, session: SessionDep
 ) -> schemas.NewKeyView:
     """A new API key; the key is shown in this answer only."""
-    with refusals():
-        key = account_admin.create_key(session, account_id, body.name)
-    session.commit()
+    key = account_admin.create_key(session, account_id, body.name)
     return schemas.new_key_view(key)
 
 
 @router.get("/accounts/{account_id}/keys", response_model=schemas.KeyList, responses=_WITH_404)
 def list_keys(account_id: uuid.UUID, session: SessionDep) -> schemas.KeyList:
     """The account's keys, revoked ones included: prefixes, never the keys or hashes."""
-    with refusals():
-        keys = account_admin.list_keys(session, account_id)
+    keys = account_admin.list_keys(session, account_id)
     return schemas.KeyList(keys=[schemas.key_view(k) for k in keys])
 
 
 @router.post("/keys/{key_id}/revoke", response_model=schemas.KeyView, responses=_WITH_404)
 def revoke_key(key_id: uuid.UUID, session: SessionDep) -> schemas.KeyView:
     """Revoke a key for good (401 from its next request on); repeating it is harmless."""
-    with refusals():
-        key = account_admin.revoke_key(session, key_id)
-    session.commit()
+    key = account_admin.revoke_key(session, key_id)
     return schemas.key_view(key)
 
 
 def _set_status(
     session: SessionDep, settings: SettingsDep, account_id: uuid.UUID, new: AccountStatus
 ) -> schemas.AccountView:
-    with refusals():
-        account = account_admin.set_status(session, account_id, new)
-    session.commit()
+    account = account_admin.set_status(session, account_id, new)
     return schemas.account_view(account, settings)

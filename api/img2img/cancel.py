@@ -14,21 +14,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 
 from api.deps import CurrentAccount, SessionDep, SettingsDep, set_remaining_credits
-from api.errors import ApiError, error_responses, parse_id
-from api.img2img.endpoints import status_body
+from api.errors import error_responses, parse_id
 from api.img2img.schemas import StatusResponse
-from common import jobs
-from common.models import Account
+from api.img2img.views import status_body
+from common import credits, jobs
 
 router = APIRouter(tags=["ssd-img2img"])
-
-
-# Rounds of "cancel if QUEUED, else flag if PROCESSING"; a job changes state at most a
-# few times a second, so a third round finding neither is all but impossible.
-_TRIES = 3
 
 
 @router.post(
@@ -51,37 +44,9 @@ def cancel_request(
     settings: SettingsDep,
     account: CurrentAccount,
 ) -> JSONResponse:
-    job_id = parse_id(request_id, "request")
-
-    # A job can move between the two updates: put back in the queue by the reconciler
-    # (its worker's lease expired) after the first missed it. Try again while it is
-    # not over.
-    for _ in range(_TRIES):
-        job = jobs.cancel_queued(session, job_id, account.id)
-        if job is not None:  # refunded, job.completed webhooks recorded: one transaction
-            status_code = 200
-            break
-        job = jobs.request_cancel(session, job_id, account.id)
-        if job is not None:
-            status_code = 202
-            break
-        current = jobs.get_job(session, job_id, account_id=account.id)
-        if current is None:
-            raise ApiError(404, "request not found")
-        if current.status.is_terminal:
-            raise ApiError(
-                409,
-                f"request {job_id} is {current.status.value}: only QUEUED and PROCESSING "
-                "requests can be cancelled",
-            )
-        session.expire(current)  # the next round must read it afresh
-    else:
-        raise ApiError(409, f"request {job_id} is changing state; try again")
-    balance = session.execute(select(Account.balance).where(Account.id == account.id)).scalar_one()
-    # The transitions send the job-finished notice or the worker's cancel flag once
-    # this commits (common/after_commit.py): whoever they wake finds the row as it is.
-    session.commit()
-    set_remaining_credits(request, balance)
+    job, ended = jobs.cancel(session, parse_id(request_id, "request"), account.id)
+    set_remaining_credits(request, credits.balance_of(session, account.id))
+    # The transitions send the job-finished notice or the worker's cancel flag once the
+    # request's session commits (common/after_commit.py), before this answer leaves.
     body = status_body(session, job, settings)
-    session.commit()  # status_body may have read: end that transaction too
-    return JSONResponse(body.model_dump(), status_code=status_code)
+    return JSONResponse(body.model_dump(), status_code=200 if ended else 202)

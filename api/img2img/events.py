@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CurrentAccount, SettingsDep, StorageDep, caller_key_id
 from api.errors import ApiError, error_responses, parse_id
 from api.img2img import live_progress
-from api.img2img.endpoints import result_response, status_body
+from api.img2img.views import result_response, status_body
 from api.job_events import Inbox, JobEventHub, job_events
 from api.open_work import Slot, Work, open_work
 from common import jobs, progress

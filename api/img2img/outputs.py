@@ -13,8 +13,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from api.deps import CurrentAccount, SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError, error_responses
-from api.img2img.endpoints import _load
 from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry
+from api.img2img.views import load_job
 from common.jobs import utcnow
 from common.models import JobStatus
 from common.storage import ObjectMissing
@@ -42,7 +42,7 @@ def download_output(
     store: StorageDep,
     account: CurrentAccount,
 ) -> Response:
-    job = _load(session, account, request_id)  # another tenant's request: 404
+    job = load_job(session, account, request_id)  # another tenant's request: 404
     if job.status != JobStatus.COMPLETED:
         raise ApiError(
             409, f"request {job.id} is {job.status.value}: only a COMPLETED request has outputs"
@@ -55,7 +55,8 @@ def download_output(
             404, f"index: request {job.id} has {len(job.output_keys)} outputs, numbered from 0"
         )
     key = job.output_keys[index]
-    session.commit()  # give the connection back before a download of unknown length
+    # A read: the connection goes back to the pool before a download of unknown length.
+    session.close()
     try:
         obj = store.open(key)
     except ObjectMissing:

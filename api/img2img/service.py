@@ -6,10 +6,13 @@ from __future__ import annotations
 import secrets
 import uuid
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api import idempotency
 from api.errors import ApiError
 from api.idempotency import IdempotencyKey, check_unused
 from api.image_source import is_url, load_image_bytes
@@ -17,7 +20,7 @@ from api.img2img.schemas import MAX_SEED, Img2ImgRequest
 from api.open_work import Work, open_work
 from common import credits, limits, storage, tasks
 from common.db import autocommit_session
-from common.images import ImageError, check
+from common.images import check
 from common.models import Account, Job, JobStatus
 from common.scheduler import job_work
 from common.settings import Settings
@@ -50,13 +53,6 @@ def _check_webhook(req: Img2ImgRequest, settings: Settings) -> None:
             raise ApiError(400, f"webhook_url: {exc}") from exc
 
 
-def _check_in_flight(session: Session, account: Account, settings: Settings, *, lock: bool) -> None:
-    try:
-        limits.check_jobs_in_flight(session, account, settings, lock=lock)
-    except limits.TooManyJobsInFlight as exc:
-        raise ApiError(429, str(exc)) from exc
-
-
 def _fetch_slot(image: str, account: Account, settings: Settings) -> AbstractContextManager[object]:
     """A slot of the account's (and the process's) bounded image URL fetches, held
     while the URL is fetched (api/open_work.py); nothing for base64."""
@@ -87,18 +83,15 @@ def submit(
     with autocommit_session() as read:
         check_unused(read, account.id, idempotency)
         _check_request(req, settings)
-        _check_in_flight(read, account, settings, lock=False)
+        limits.check_jobs_in_flight(read, account, settings, lock=False)
     cost = credits.job_cost(req.samples, req.num_inference_steps)
     if account.balance < cost:  # cheap early refusal (before fetching an image URL);
         # the conditional debit below is the real check
-        raise ApiError(406, str(credits.InsufficientCredits(cost, account.balance)))
-    try:
-        with _fetch_slot(req.image, account, settings):
-            raw = load_image_bytes(req.image, settings)  # base64, data: URI or http(s) URL
-        # Checks only: the worker normalises it (common/images.py).
-        image = check(raw, max_pixels=settings.max_image_pixels, max_side=settings.max_output_side)
-    except ImageError as exc:
-        raise ApiError(400, str(exc)) from exc
+        raise credits.InsufficientCredits(cost, account.balance)
+    with _fetch_slot(req.image, account, settings):
+        raw = load_image_bytes(req.image, settings)  # base64, data: URI or http(s) URL
+    # Checks only: the worker normalises it (common/images.py).
+    image = check(raw, max_pixels=settings.max_image_pixels, max_side=settings.max_output_side)
 
     job_id = uuid.uuid4()
     seed = req.seed if req.seed != -1 else secrets.randbelow(MAX_SEED - 4)
@@ -109,7 +102,7 @@ def submit(
 
     # The real in-flight check: locks the account row until commit, so concurrent
     # submits of one account count one after another (the debit below needs it too).
-    _check_in_flight(session, account, settings, lock=True)
+    limits.check_jobs_in_flight(session, account, settings, lock=True)
     # Again under the account lock: a concurrent duplicate may have committed meanwhile.
     check_unused(session, account.id, idempotency)
     job = Job(
@@ -129,10 +122,41 @@ def submit(
     )
     session.add(job)
     session.flush()
-    try:
-        balance = credits.debit_for_job(session, account.id, job_id, cost)
-    except credits.InsufficientCredits as exc:
-        raise ApiError(406, str(exc)) from exc
+    balance = credits.debit_for_job(session, account.id, job_id, cost)
     # Once committed: a worker must find the row. Lost, it costs WORKER_POLL_SECONDS.
     tasks.wake_after_commit(session, settings.gpu_queue)
     return job, balance
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    balance: int
+    replayed: bool  # True: the key's original job; nothing was charged or enqueued
+
+
+def submit_and_commit(
+    session: Session,
+    store: Storage,
+    settings: Settings,
+    account: Account,
+    body: Img2ImgRequest,
+    key: idempotency.IdempotencyKey | None,
+) -> Submitted:
+    """`submit`, then commit: a submit's unit of work, committed here rather than by the
+    request's session because a concurrent duplicate of its idempotency key is only
+    known at commit (the unique index); that duplicate, or an earlier job of the key
+    (`Replay`), is answered instead, charged once (api/idempotency.py)."""
+    try:
+        job, balance = submit(session, store, settings, account, body, idempotency=key)
+        session.commit()
+    except (idempotency.Replay, IntegrityError):
+        # Replay: the key's job exists. IntegrityError: a concurrent duplicate committed
+        # first and the unique index refused this insert. Either way: read it afresh,
+        # outside the rolled-back transaction, with the account's current balance.
+        session.rollback()
+        original = idempotency.find_original(session, account.id, key) if key is not None else None
+        if original is None:
+            raise
+        return Submitted(original, account.balance, replayed=True)
+    return Submitted(job, balance, replayed=False)

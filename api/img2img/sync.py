@@ -37,9 +37,10 @@ from api.deps import (
     set_remaining_credits,
 )
 from api.errors import ApiError, ErrorBody, error_responses
-from api.img2img.endpoints import SUBMIT_ERRORS
+from api.img2img import service
 from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry
 from api.img2img.schemas import Img2ImgRequest
+from api.img2img.views import SUBMIT_ERRORS
 from api.job_waiters import JobWaiters, Waiter, job_waiters
 from api.open_work import Work, open_work
 from common import jobs
@@ -173,7 +174,7 @@ async def _submit_and_wait(
     key: idempotency.IdempotencyKey | None,
 ) -> Response:
     submitted = await run_in_threadpool(
-        idempotency.submit_and_commit, session, store, settings, account, body, key
+        service.submit_and_commit, session, store, settings, account, body, key
     )
     job, balance = submitted.job, submitted.balance
     set_remaining_credits(request, balance)

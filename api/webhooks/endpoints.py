@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 
 from api.deps import CurrentAccount, SessionDep, SettingsDep
-from api.errors import error_responses, parse_id, refusals
+from api.errors import error_responses, parse_id
 from api.webhooks import schemas
 from common.models import WebhookDeliveryState
 from common.webhooks import manage
@@ -36,11 +36,9 @@ def create_endpoint(
     account: CurrentAccount,
 ) -> schemas.EndpointView:
     """An endpoint that receives the chosen events of all the account's requests."""
-    with refusals():
-        endpoint = manage.create_endpoint(
-            session, settings, account.id, body.url, body.events, body.description
-        )
-    session.commit()
+    endpoint = manage.create_endpoint(
+        session, settings, account.id, body.url, body.events, body.description
+    )
     return schemas.endpoint_view(endpoint)
 
 
@@ -54,7 +52,6 @@ def list_endpoints(session: SessionDep, account: CurrentAccount) -> schemas.Endp
 def get_secret(session: SessionDep, account: CurrentAccount) -> schemas.SecretView:
     """The secret(s) webhooks are signed with; the first is made on first use."""
     secrets = manage.get_secrets(session, account.id)
-    session.commit()
     return schemas.secret_view(secrets)
 
 
@@ -66,11 +63,9 @@ def rotate_secret(
     body: schemas.RotateSecretBody | None = None,
 ) -> schemas.SecretView:
     """A new secret; the old one keeps signing too (a second signature) for the overlap."""
-    with refusals():
-        secrets = manage.rotate_secret(
-            session, settings, account.id, body.overlap_seconds if body else None
-        )
-    session.commit()
+    secrets = manage.rotate_secret(
+        session, settings, account.id, body.overlap_seconds if body else None
+    )
     return schemas.secret_view(secrets)
 
 
@@ -85,16 +80,15 @@ def list_deliveries(
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> schemas.DeliveryPage:
     """Deliveries (one per event and target), newest first, with every attempt."""
-    with refusals():
-        page = manage.list_deliveries(
-            session,
-            account.id,
-            limit=limit,
-            request_id=parse_id(request_id, "request") if request_id else None,
-            endpoint_id=parse_id(endpoint_id, "webhook endpoint") if endpoint_id else None,
-            state=state,
-            cursor=cursor,
-        )
+    page = manage.list_deliveries(
+        session,
+        account.id,
+        limit=limit,
+        request_id=parse_id(request_id, "request") if request_id else None,
+        endpoint_id=parse_id(endpoint_id, "webhook endpoint") if endpoint_id else None,
+        state=state,
+        cursor=cursor,
+    )
     return schemas.DeliveryPage(
         deliveries=[schemas.delivery_view(d, page.attempts[d.id]) for d in page.deliveries],
         next_cursor=page.next_cursor,
@@ -105,10 +99,7 @@ def list_deliveries(
 def get_delivery(
     delivery_id: str, session: SessionDep, account: CurrentAccount
 ) -> schemas.DeliveryView:
-    with refusals():
-        delivery = manage.get_delivery(
-            session, account.id, parse_id(delivery_id, "webhook delivery")
-        )
+    delivery = manage.get_delivery(session, account.id, parse_id(delivery_id, "webhook delivery"))
     return schemas.delivery_view(delivery, manage.attempts_of(session, [delivery.id])[delivery.id])
 
 
@@ -123,12 +114,10 @@ def replay_delivery(
 ) -> schemas.DeliveryView:
     """Send a finished (succeeded or failed) delivery again, with the same webhook-id:
     a new series of attempts."""
-    with refusals():
-        delivery = manage.replay_delivery(
-            session, account.id, parse_id(delivery_id, "webhook delivery")
-        )
-        attempts = manage.attempts_of(session, [delivery.id])[delivery.id]
-    session.commit()  # queues the attempt
+    delivery = manage.replay_delivery(
+        session, account.id, parse_id(delivery_id, "webhook delivery")
+    )
+    attempts = manage.attempts_of(session, [delivery.id])[delivery.id]
     return schemas.delivery_view(delivery, attempts)
 
 
@@ -136,30 +125,23 @@ def replay_delivery(
 def get_endpoint(
     endpoint_id: str, session: SessionDep, account: CurrentAccount
 ) -> schemas.EndpointView:
-    with refusals():
-        endpoint = manage.get_endpoint(
-            session, account.id, parse_id(endpoint_id, "webhook endpoint")
-        )
+    endpoint = manage.get_endpoint(session, account.id, parse_id(endpoint_id, "webhook endpoint"))
     return schemas.endpoint_view(endpoint)
 
 
 @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_WITH_404)
 def delete_endpoint(endpoint_id: str, session: SessionDep, account: CurrentAccount) -> Response:
     """Delete the endpoint, with its deliveries and their attempts."""
-    with refusals():
-        manage.delete_endpoint(session, account.id, parse_id(endpoint_id, "webhook endpoint"))
-    session.commit()
+    manage.delete_endpoint(session, account.id, parse_id(endpoint_id, "webhook endpoint"))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _set_enabled(
     endpoint_id: str, session: SessionDep, account: CurrentAccount, enabled: bool
 ) -> schemas.EndpointView:
-    with refusals():
-        endpoint = manage.set_endpoint_enabled(
-            session, account.id, parse_id(endpoint_id, "webhook endpoint"), enabled
-        )
-    session.commit()
+    endpoint = manage.set_endpoint_enabled(
+        session, account.id, parse_id(endpoint_id, "webhook endpoint"), enabled
+    )
     return schemas.endpoint_view(endpoint)
 
 
