@@ -93,6 +93,7 @@ def test_postgres_down_503_then_recovers(isolated: Isolated) -> None:
                 assert response.headers["retry-after"]
             down = client.post("/v2/ssd-img2img", json=job_body())
             assert down.status_code == 503
+            assert down.headers["retry-after"] == "5"
         finally:
             postgres.start_postgres(isolated.state_dir, port=port, fast=True)
         # The same API process, not restarted: its pool reconnects by itself.
@@ -127,6 +128,7 @@ def test_s3_down_is_503_and_free(isolated: Isolated) -> None:
             response = client.post("/v2/ssd-img2img", json=job_body())
         assert response.status_code == 503, response.text
         assert "storage" in response.json()["error"]
+        assert response.headers["retry-after"] == "5"
     finally:
         s3.start_s3(
             isolated.state_dir,

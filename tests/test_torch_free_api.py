@@ -9,25 +9,32 @@ from pathlib import Path
 
 from devstack.process import pidfile_path, read_pidfile
 from tests.conftest import ROOT, Stack
+from tests.helpers import job_body
 
 HEAVY = ("torch", "diffusers", "transformers", "worker")
 
+# Serves a whole submit (key, image check, S3, PostgreSQL, the wake-up) and its status.
 CHECK = """
-import sys
+import os, sys
 from fastapi.testclient import TestClient
 import api.main
+headers = {{"x-api-key": os.environ["CHECK_API_KEY"]}}
 with TestClient(api.main.app) as client:
     assert client.get("/health").status_code == 200
-    client.post("/v2/ssd-img2img", json={{"prompt": "x"}})
+    submitted = client.post("/v2/ssd-img2img", json={body!r}, headers=headers)
+    assert submitted.status_code == 200, submitted.text
+    status = client.get(submitted.json()["status_url"], headers=headers)
+    assert status.status_code == 200, status.text
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {heavy!r})
 print(",".join(loaded))
 """
 
 
 def test_import_and_serve_without_torch(live_stack: Stack) -> None:
+    _, api_key = live_stack.create_account(credits=1000, name="torch-free")
     result = subprocess.run(
-        [sys.executable, "-c", CHECK.format(heavy=set(HEAVY))],
-        env={**os.environ, **live_stack.env},
+        [sys.executable, "-c", CHECK.format(heavy=set(HEAVY), body=job_body())],
+        env={**os.environ, **live_stack.env, "CHECK_API_KEY": api_key},
         cwd=ROOT,
         capture_output=True,
         text=True,

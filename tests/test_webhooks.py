@@ -376,14 +376,20 @@ def test_repeated_messages_and_concurrent_sweeps_send_each_attempt_once(
     ids = [insert_delivery(account_id, job_id, receiver.url("/once")) for _ in range(20)]
     # Two sweeps at once (besides the CPU worker's own): SKIP LOCKED splits the rows.
     swept: list[list[uuid.UUID]] = [[], []]
-    threads = [
-        threading.Thread(target=lambda i=i: swept[i].extend(webhook_delivery.sweep()))
-        for i in range(2)
-    ]
+    failures: list[BaseException] = []
+
+    def sweep(i: int) -> None:
+        try:
+            swept[i].extend(webhook_delivery.sweep())
+        except BaseException as exc:  # a sweep that raised must fail the test, not hide
+            failures.append(exc)
+
+    threads = [threading.Thread(target=sweep, args=(i,)) for i in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert not failures
     assert not set(swept[0]) & set(swept[1])
     send_now(ids * 3)  # and every message repeated, as Redis may
     found = settled(client, 20, request_id=str(job_id))
@@ -422,7 +428,8 @@ def test_account_endpoints_receive_events_beside_the_job_url(
     completed = {d["webhook_id"] for d in found if d["event_type"] == "job.completed"}
     assert len(completed) == 1
     for path in ("/all", "/done", "/own"):
-        assert all(r.verify(secret) for r in receiver.at(path))
+        seen = receiver.at(path)
+        assert seen and all(r.verify(secret) for r in seen), path
     by_endpoint = deliveries(client, endpoint_id=everything["id"])
     assert {d["event_type"] for d in by_endpoint} >= {"job.started", "job.completed"}
 
