@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
-import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -378,23 +376,16 @@ def test_a_dripping_server_hits_the_total_time_limit(server: LoopbackServer) -> 
 # --- https: connect to the vetted IP, verify the certificate for the hostname -----------
 
 
-def _self_signed(tmp: Path, hostname: str) -> tuple[Path, Path]:
-    cert, key = tmp / f"{hostname}.pem", tmp / f"{hostname}.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={hostname}",
-         "-addext", f"subjectAltName=DNS:{hostname}"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+# Shipped with the tests (tests/certs/README.md): the tests run without openssl.
+CERTIFICATES = Path(__file__).parent / "certs"
 
 
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a test certificate")
-    tmp = tmp_path_factory.mktemp("certs")
-    return {name: _self_signed(tmp, name) for name in ("images.example", "other.example")}
+def certificates() -> dict[str, tuple[Path, Path]]:
+    return {
+        name: (CERTIFICATES / f"{name}.pem", CERTIFICATES / f"{name}.key")
+        for name in ("images.example", "other.example")
+    }
 
 
 def _tls_server(cert_and_key: tuple[Path, Path]) -> ssl.SSLContext:
