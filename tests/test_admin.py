@@ -3,12 +3,15 @@ and what `GET /v1/account` shows a tenant (its own things, nothing of another's)
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 
 import httpx
 import pytest
 
+from common.db import session_scope
+from common.models import Job
 from tests.conftest import Stack
 from tests.extra_api import held_api
 from tests.helpers import job_body
@@ -330,3 +333,32 @@ def test_account_endpoint_shows_only_the_callers_own(live_stack: Stack) -> None:
     assert set(body) == set(theirs)
     assert str(uuid.UUID(theirs["id"])) not in mine.text
     assert bob_job not in mine.text
+
+
+def test_suspension_refuses_new_calls_but_lets_accepted_jobs_finish(live_stack: Stack) -> None:
+    created = new_account(live_stack, credits=1000, name="suspended-mid-job")
+    key = created["api_key"]
+    with live_stack.client(key) as client:
+        submitted = client.post("/v2/ssd-img2img", json=job_body())
+        assert submitted.status_code == 200, submitted.text
+        job_id = uuid.UUID(submitted.json()["request_id"])
+    with live_stack.admin() as admin:
+        suspended = admin.post(f"/accounts/{created['account']['id']}/suspend")
+        assert suspended.status_code == 200, suspended.text
+    with live_stack.client(key) as client:
+        refused = client.get(f"/v2/requests/{job_id}/status")
+        assert refused.status_code == 403
+        assert refused.json() == {"error": "account suspended"}
+        assert client.post("/v2/ssd-img2img", json=job_body()).status_code == 403
+    deadline = time.monotonic() + 120
+    while (status := _job_status(job_id)) not in ("COMPLETED", "FAILED", "CANCELLED"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status == "COMPLETED"
+
+
+def _job_status(job_id: uuid.UUID) -> str:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.status.value

@@ -31,6 +31,7 @@ from common.models import (
 )
 from common.settings import get_settings
 from common.webhooks import delivery as webhook_delivery
+from common.webhooks import manage
 from common.webhooks.events import iso_now, maybe_record_progress_event, record_job_event
 from common.webhooks.queue import send_now
 from common.webhooks.signing import new_webhook_id
@@ -217,6 +218,24 @@ def test_a_failed_job_sends_completed_with_its_error(
     )
     assert payload["data"]["status"] == "FAILED"
     assert payload["data"]["error"] == "generation failed: out of luck"
+    assert payload["data"]["output"] is None
+
+
+def test_a_cancelled_job_sends_completed_with_its_status(
+    tenant: tuple[str, httpx.Client], receiver: Receiver
+) -> None:
+    """Cancelled through the API while QUEUED: job.completed goes out, saying CANCELLED."""
+    account_id, client = tenant
+    secret = secret_of(client)
+    job_id = insert_job(account_id, JobStatus.QUEUED, webhook_url=receiver.url("/cancelled"))
+    cancelled = client.post(f"/v2/requests/{job_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    (delivery,) = settled(client, 1, request_id=str(job_id))
+    assert delivery["event_type"] == "job.completed" and delivery["state"] == "succeeded"
+    (seen,) = receiver.at("/cancelled")
+    payload = seen.verify(secret)
+    assert payload["type"] == "job.completed"
+    assert payload["data"]["status"] == "CANCELLED"
     assert payload["data"]["output"] is None
 
 
@@ -647,3 +666,17 @@ def test_tenants_see_only_their_own_endpoints_and_deliveries(
     assert owner.get(f"/v2/webhooks/deliveries/{delivery_id}").status_code == 200
     assert owner.get("/v2/webhooks").status_code == 200
     assert httpx.get(f"{live_stack.api_url}/v2/webhooks").status_code == 401
+
+
+def test_an_account_has_at_most_20_endpoints(
+    tenant: tuple[str, httpx.Client], receiver: Receiver
+) -> None:
+    _, client = tenant
+    for i in range(manage.MAX_ENDPOINTS_PER_ACCOUNT):
+        create_endpoint(client, receiver.url(f"/many/{i}"))
+    refused = client.post("/v2/webhooks", json={"url": receiver.url("/many/one-too-many")})
+    assert refused.status_code == 409
+    assert refused.json() == {"error": "an account has at most 20 webhook endpoints"}
+    listed = client.get("/v2/webhooks")
+    assert listed.status_code == 200, listed.text
+    assert len(listed.json()["endpoints"]) == manage.MAX_ENDPOINTS_PER_ACCOUNT
