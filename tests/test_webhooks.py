@@ -202,23 +202,29 @@ def test_default_events_are_started_and_completed_once_each(
     assert started["data"]["status"] == "PROCESSING" and started["data"]["output"] is None
 
 
+def _the_completed_webhook(
+    client: httpx.Client, receiver: Receiver, job_id: uuid.UUID, path: str
+) -> dict[str, Any]:
+    """The job's one delivery, succeeded: its job.completed payload, signature checked."""
+    (delivery,) = settled(client, 1, request_id=str(job_id))
+    assert delivery["event_type"] == "job.completed" and delivery["state"] == "succeeded"
+    (seen,) = receiver.at(path)
+    assert seen.headers["webhook-id"] == delivery["webhook_id"]
+    payload: dict[str, Any] = seen.verify(secret_of(client))
+    assert payload["type"] == "job.completed" and payload["data"]["output"] is None
+    return payload
+
+
 def test_a_failed_job_sends_completed_with_its_error(
     tenant: tuple[str, httpx.Client], receiver: Receiver
 ) -> None:
     account_id, client = tenant
-    secret = secret_of(client)
     job_id = insert_job(account_id, JobStatus.QUEUED, webhook_url=receiver.url("/failed"))
     with session_scope() as session:
         assert jobs.fail(session, job_id, "generation failed: out of luck")
-    (delivery,) = settled(client, 1, request_id=str(job_id))
-    (seen,) = receiver.at("/failed")
-    payload = seen.verify(secret)
-    assert (
-        payload["type"] == "job.completed" and seen.headers["webhook-id"] == delivery["webhook_id"]
-    )
+    payload = _the_completed_webhook(client, receiver, job_id, "/failed")
     assert payload["data"]["status"] == "FAILED"
     assert payload["data"]["error"] == "generation failed: out of luck"
-    assert payload["data"]["output"] is None
 
 
 def test_a_cancelled_job_sends_completed_with_its_status(
@@ -226,17 +232,11 @@ def test_a_cancelled_job_sends_completed_with_its_status(
 ) -> None:
     """Cancelled through the API while QUEUED: job.completed goes out, saying CANCELLED."""
     account_id, client = tenant
-    secret = secret_of(client)
     job_id = insert_job(account_id, JobStatus.QUEUED, webhook_url=receiver.url("/cancelled"))
     cancelled = client.post(f"/v2/requests/{job_id}/cancel")
     assert cancelled.status_code == 200, cancelled.text
-    (delivery,) = settled(client, 1, request_id=str(job_id))
-    assert delivery["event_type"] == "job.completed" and delivery["state"] == "succeeded"
-    (seen,) = receiver.at("/cancelled")
-    payload = seen.verify(secret)
-    assert payload["type"] == "job.completed"
+    payload = _the_completed_webhook(client, receiver, job_id, "/cancelled")
     assert payload["data"]["status"] == "CANCELLED"
-    assert payload["data"]["output"] is None
 
 
 def test_progress_events_are_throttled_per_job(
