@@ -20,15 +20,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
+
+from common import redis_clients
 
 logger = logging.getLogger(__name__)
 
 # How long one read of the channel blocks; between reads redis-py sends its health-check
 # PING, so a silently dead connection is noticed and replaced.
 _READ_TIMEOUT_SECONDS = 5.0
-_HEALTH_CHECK_SECONDS = 15
 _MAX_BACKOFF_SECONDS = 10.0
 
 
@@ -75,12 +75,7 @@ class PubSubListener:
     async def _subscribe_forever(self) -> None:
         backoff = 0.5
         while True:
-            client = aioredis.Redis.from_url(
-                self._redis_url,
-                health_check_interval=_HEALTH_CHECK_SECONDS,
-                socket_connect_timeout=5,
-                socket_keepalive=True,
-            )
+            client = redis_clients.subscriber(self._redis_url)
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(*self.channels)

@@ -33,6 +33,7 @@ import redis
 from fastapi import Request
 
 from api.errors import ApiError
+from common import redis_clients
 from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ WINDOW_MS = 60_000
 # After a Redis failure, skip the limiter for this long instead of paying a timeout on
 # every request of the outage.
 _BACKOFF_SECONDS = 5.0
-_TIMEOUT_SECONDS = 0.5
 
 # KEYS[1] counter; ARGV[1] window in ms, ARGV[2] requests taken. Returns {count, ms until
 # the window ends}.
@@ -107,9 +107,7 @@ class _Lease:
 
 class Limiter:
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=_TIMEOUT_SECONDS, socket_connect_timeout=_TIMEOUT_SECONDS
-        )
+        self.client = redis_clients.connect(url, redis_clients.COUNTER)
         self.script = self.client.register_script(_SCRIPT)
         self._lock = threading.Lock()
         self._skip_until = 0.0

@@ -13,14 +13,11 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
+from common import redis_clients
 from common.models import JobStatus
-from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +45,8 @@ def decode(data: str | bytes) -> JobFinished | None:
         return None
 
 
-@lru_cache
 def _redis() -> redis.Redis:
-    # Short timeouts, one quick retry: a worker must not hang on a hint after its job is
-    # already recorded.
-    return redis.Redis.from_url(
-        get_settings().redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.1), retries=1),
-    )
+    return redis_clients.shared(redis_clients.NOTICE)
 
 
 def publish_job_finished(job_id: uuid.UUID, status: JobStatus) -> None:

@@ -19,12 +19,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal
 
 import redis
 
-from common.settings import get_settings
+from common import redis_clients
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +71,9 @@ def key(job_id: uuid.UUID) -> str:
     return f"{_KEY_PREFIX}{job_id}"
 
 
-@lru_cache
 def redis_client() -> redis.Redis:
-    # Short timeouts and no retries: these calls run between denoising steps, and a
-    # slow Redis must cost a step a few hundred milliseconds at worst, once.
-    return redis.Redis.from_url(
-        get_settings().redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
-    )
+    """Calls between denoising steps (common/redis_clients.py `STEP`)."""
+    return redis_clients.shared(redis_clients.STEP)
 
 
 def estimate_eta(done: int, total: int, elapsed_seconds: float) -> float | None:
