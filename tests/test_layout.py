@@ -6,6 +6,7 @@ and is left out of the production images."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,23 @@ def test_no_module_imports_itself_back_through_others() -> None:
         if module not in state:
             visit(module, [module])
     assert not cycles, cycles
+
+
+_NAMED_PATH = re.compile(
+    r"\b(?:api|common|worker|background|cli|devstack|tests|bench|migrations|infra|docs)"
+    r"/[A-Za-z0-9_/.-]+\.(?:py|md|sh|Dockerfile)\b"
+)
+
+
+def test_every_file_the_code_and_docs_name_exists() -> None:
+    """Docstrings, comments and docs name files by path: none may name one that is gone."""
+    sources = [ROOT / "README.md", ROOT / "Makefile", ROOT / "docker-compose.yml"]
+    for folder in (*PROCESSES, "common", "cli", "devstack", "tests", "bench", "docs", "infra"):
+        sources += [p for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".md", ".sh"}]
+    missing = {
+        f"{source.relative_to(ROOT)}: {named}"
+        for source in sources
+        for named in _NAMED_PATH.findall(source.read_text())
+        if not (ROOT / named).exists()
+    }
+    assert not missing, sorted(missing)

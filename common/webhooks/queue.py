@@ -19,7 +19,7 @@ from common.after_commit import after_commit
 
 logger = logging.getLogger(__name__)
 
-# Task names; the CPU worker registers them (common/webhooks/tasks.py). Not routed to
+# Task names; the CPU worker registers them (background/webhook_tasks.py). Not routed to
 # the GPU queue: everything but WAKE_GPU goes to the CPU queue (common/tasks.py).
 DELIVER_WEBHOOK = "ssd_img2img.webhooks.deliver"
 SWEEP_WEBHOOKS = "ssd_img2img.webhooks.sweep"
