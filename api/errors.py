@@ -56,7 +56,7 @@ class ApiError(Refusal):
         self, status_code: int, message: str, headers: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(message, headers)
-        self.status_code = status_code  # type: ignore[misc]  # per instance, not per class
+        self.status_code = status_code
 
 
 def parse_id(value: str, what: str) -> uuid.UUID:

@@ -9,13 +9,12 @@ with an error id (common/error_ids.py), never the exception's text."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
 
 
 class Refusal(Exception):
     """A refusal meant for the caller; its message says why."""
 
-    status_code: ClassVar[int] = 400
+    status_code: int = 400  # each kind sets its own; ApiError sets it per refusal
 
     def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)

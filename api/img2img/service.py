@@ -12,9 +12,8 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import idempotency
 from api.errors import ApiError
-from api.idempotency import IdempotencyKey, check_unused
+from api.idempotency import IdempotencyKey, Replay, check_unused, find_original
 from api.image_source import is_url, load_image_bytes
 from api.img2img.schemas import MAX_SEED, Img2ImgRequest
 from api.open_work import Work, open_work
@@ -141,7 +140,7 @@ def submit_and_commit(
     settings: Settings,
     account: Account,
     body: Img2ImgRequest,
-    key: idempotency.IdempotencyKey | None,
+    key: IdempotencyKey | None,
 ) -> Submitted:
     """`submit`, then commit: a submit's unit of work, committed here rather than by the
     request's session because a concurrent duplicate of its idempotency key is only
@@ -150,12 +149,12 @@ def submit_and_commit(
     try:
         job, balance = submit(session, store, settings, account, body, idempotency=key)
         session.commit()
-    except (idempotency.Replay, IntegrityError):
+    except (Replay, IntegrityError):
         # Replay: the key's job exists. IntegrityError: a concurrent duplicate committed
         # first and the unique index refused this insert. Either way: read it afresh,
         # outside the rolled-back transaction, with the account's current balance.
         session.rollback()
-        original = idempotency.find_original(session, account.id, key) if key is not None else None
+        original = find_original(session, account.id, key) if key is not None else None
         if original is None:
             raise
         return Submitted(original, account.balance, replayed=True)
