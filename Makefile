@@ -12,11 +12,17 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# Installed with uv (brought by pip into the venv): the same pins, in seconds rather than
+# the minutes pip takes to resolve and unpack them (docs/performance.md "CI"). It reads
+# pip's find-links, where a machine keeps its CPU build of torch.
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV := $(BIN)/uv pip install -q --python $(BIN)/python $(foreach d,$(FIND_LINKS),--find-links $(d))
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -c constraints.txt -e '.[worker,stack,dev]'
+	$(BIN)/pip install -q -c constraints.txt uv
+	$(UV) "$(TORCH_SPEC)"
+	$(UV) -c constraints.txt -e '.[worker,stack,dev]'
 	touch $(STAMP)
 
 # MODEL_ID=segmind/SSD-1B (or any hub id or folder): the real model instead of the tiny one.

@@ -8,10 +8,10 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.admin.schemas import LimitsView, limits_view
 from api.deps import CurrentAccount, SessionDep, SettingsDep
 from api.errors import error_responses
 from common import account_admin, limits
+from common.account_views import LimitsView, limits_view
 from common.models import AccountStatus, LedgerReason
 
 router = APIRouter(tags=["account"])

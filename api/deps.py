@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -107,13 +106,9 @@ def refused_keys(key_ids: list[uuid.UUID]) -> dict[uuid.UUID, ApiError]:
     with the refusal each now gets: one query, for the sweeps that end the open streams
     and v1 waits of such keys (api/job_events.py, api/job_waiters.py)."""
     with autocommit_session() as session:
-        rows = session.execute(
-            select(ApiKey.id, ApiKey.revoked_at, Account.status)
-            .join(Account, Account.id == ApiKey.account_id)
-            .where(ApiKey.id.in_(key_ids))
-        ).all()
+        states = accounts.key_states(session, key_ids)
     refused = {key_id: ApiError(401, INVALID_KEY) for key_id in key_ids}  # deleted: unknown
-    for key_id, revoked_at, status in rows:
+    for key_id, (revoked_at, status) in states.items():
         refusal = refusal_of(revoked_at, status)
         if refusal is None:
             del refused[key_id]

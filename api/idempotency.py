@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Header
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, ErrorBody
 from api.img2img.schemas import Img2ImgRequest
+from common import jobs
 from common.models import Job
 
 HEADER = "Idempotency-Key"
@@ -86,9 +86,7 @@ def parse(header: str | None, body: Img2ImgRequest) -> IdempotencyKey | None:
 
 def find_original(session: Session, account_id: uuid.UUID, key: IdempotencyKey) -> Job | None:
     """The account's job created with `key`, if any; 422 if it had another body."""
-    job = session.execute(
-        select(Job).where(Job.account_id == account_id, Job.idempotency_key == key.key)
-    ).scalar_one_or_none()
+    job = jobs.by_idempotency_key(session, account_id, key.key)
     if job is not None and job.request_hash != key.request_hash:
         raise ApiError(
             422,

@@ -28,15 +28,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fastapi import FastAPI
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import refused_keys
 from api.errors import ApiError
 from api.pubsub import PubSubListener, listener_lifespan, started_listener
-from common import notify, progress, scheduler
+from common import jobs, notify, progress, scheduler
 from common.db import session_scope
-from common.models import Job, JobStatus
+from common.models import JobStatus
 from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -52,14 +51,14 @@ def swept_states(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, SweptState]:
     """Status and queue position of each of `job_ids`: one query for the statuses, and
     one per queued job for its position, whose cost does not grow with the queue."""
     with session_scope() as session:
-        rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids))).all()
+        statuses = jobs.statuses(session, job_ids)
         positions = scheduler.queue_positions(
-            session, [job_id for job_id, status in rows if status == JobStatus.QUEUED]
+            session, [job_id for job_id, status in statuses.items() if status == JobStatus.QUEUED]
         )
     # A queued job missing from `positions` was claimed between the two reads: it is next.
     return {
         job_id: SweptState(status, positions.get(job_id, 0) if status == JobStatus.QUEUED else None)
-        for job_id, status in rows
+        for job_id, status in statuses.items()
     }
 
 

@@ -25,15 +25,13 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import refused_keys
 from api.errors import ApiError
 from api.pubsub import PubSubListener, listener_lifespan, started_listener
-from common import notify
+from common import jobs, notify
 from common.db import session_scope
-from common.models import TERMINAL_STATUSES, Job
 from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -42,10 +40,7 @@ logger = logging.getLogger(__name__)
 def terminal_job_ids(job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     """Which of `job_ids` are in a terminal state: one query, whatever their number."""
     with session_scope() as session:
-        rows = session.execute(
-            select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(TERMINAL_STATUSES))
-        )
-        return set(rows.scalars())
+        return jobs.terminal_among(session, job_ids)
 
 
 class Waiter(asyncio.Event):

@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from sqlalchemy import text
 
 from api.account import router as account_router
 from api.admin.endpoints import router as admin_router
@@ -24,6 +23,7 @@ from api.job_events import job_events_lifespan
 from api.job_waiters import job_waiters_lifespan
 from api.response_headers import AccountHeaders
 from api.webhooks.endpoints import router as webhooks_router
+from common import db
 from common.settings import get_settings, warn_test_only
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def create_app() -> FastAPI:
 
     @app.get("/health", tags=["ops"])
     def health(session: SessionDep) -> dict[str, str]:
-        session.execute(text("SELECT 1"))
+        db.ping(session)
         return {"status": "ok"}
 
     return app

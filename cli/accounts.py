@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from api.admin import schemas
 from cli.commands import emit, json_option, operation
 from common import account_admin
+from common import account_views as views
 from common.models import AccountStatus, LedgerReason
 from common.settings import get_settings
 
@@ -42,7 +42,7 @@ class LimitValue(click.ParamType):
 _json_option = json_option("Print the admin API's JSON.")
 
 
-def _describe(account: schemas.AccountView) -> str:
+def _describe(account: views.AccountView) -> str:
     overrides = account.limit_overrides
     return (
         f"{account.id}  {account.name}  {account.status.value}  balance {account.balance}  "
@@ -59,7 +59,7 @@ def _describe(account: schemas.AccountView) -> str:
     )
 
 
-def _describe_key(key: schemas.KeyView) -> str:
+def _describe_key(key: views.KeyView) -> str:
     state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
     return (
         f"{key.id}  {key.prefix}…  {key.name or '-'}  created {key.created_at.isoformat()}  {state}"
@@ -81,8 +81,8 @@ def accounts_list(limit: int, cursor: str | None, status: str | None, as_json: b
         page = account_admin.list_accounts(
             session, limit=limit, cursor=cursor, status=AccountStatus(status) if status else None
         )
-        body = schemas.AccountPage(
-            accounts=[schemas.account_view(a, settings) for a in page.accounts],
+        body = views.AccountPage(
+            accounts=[views.account_view(a, settings) for a in page.accounts],
             next_cursor=page.next_cursor,
         )
     lines = [_describe(a) for a in body.accounts]
@@ -98,7 +98,9 @@ def accounts_show(account_id: uuid.UUID, as_json: bool) -> None:
     """One account: balance, limits, jobs in flight, keys, newest ledger entries."""
     with operation() as session:
         account = account_admin.get_account(session, account_id)
-        body = schemas.account_detail(session, account, get_settings())
+        body = views.account_detail(
+            account, account_admin.account_facts(session, account.id), get_settings()
+        )
     lines = [
         _describe(body),
         f"jobs in flight {body.jobs_in_flight}, active keys {body.active_keys}",
@@ -129,9 +131,9 @@ def accounts_add_credits(
     reason = LedgerReason.ADJUSTMENT if adjust else LedgerReason.GRANT
     with operation() as session:
         account, entry = account_admin.add_credits(session, account_id, amount, reason, note)
-        body = schemas.CreditsChanged(
-            account=schemas.account_view(account, get_settings()),
-            entry=schemas.ledger_entry_view(entry),
+        body = views.CreditsChanged(
+            account=views.account_view(account, get_settings()),
+            entry=views.ledger_entry_view(entry),
         )
     emit(body, as_json, f"{reason.value} {amount:+d}: balance {body.account.balance}")
 
@@ -143,7 +145,7 @@ def _status_command(name: str, new: AccountStatus, doc: str) -> click.Command:
     def command(account_id: uuid.UUID, as_json: bool) -> None:
         with operation() as session:
             account = account_admin.set_status(session, account_id, new)
-            body = schemas.account_view(account, get_settings())
+            body = views.account_view(account, get_settings())
         emit(body, as_json, _describe(body))
 
     return command
@@ -206,7 +208,7 @@ def accounts_set_limits(
         )
     with operation() as session:
         account = account_admin.set_limits(session, account_id, **changes)
-        body = schemas.account_view(account, get_settings())
+        body = views.account_view(account, get_settings())
     emit(body, as_json, _describe(body))
 
 
@@ -235,7 +237,7 @@ def keys_group() -> None:
 def keys_create(account_id: uuid.UUID, name: str | None, as_json: bool) -> None:
     """A new API key for the account; the key is printed this once."""
     with operation() as session:
-        body = schemas.new_key_view(account_admin.create_key(session, account_id, name))
+        body = views.new_key_view(account_admin.create_key(session, account_id, name))
     emit(body, as_json, f"{_describe_key(body)}\napi key (shown once): {body.api_key}")
 
 
@@ -246,7 +248,7 @@ def keys_list(account_id: uuid.UUID, as_json: bool) -> None:
     """The account's keys, revoked ones included."""
     with operation() as session:
         keys = account_admin.list_keys(session, account_id)
-        body = schemas.KeyList(keys=[schemas.key_view(k) for k in keys])
+        body = views.KeyList(keys=[views.key_view(k) for k in keys])
     emit(body, as_json, "\n".join(_describe_key(k) for k in body.keys) or "no keys")
 
 
@@ -256,5 +258,5 @@ def keys_list(account_id: uuid.UUID, as_json: bool) -> None:
 def keys_revoke(key_id: uuid.UUID, as_json: bool) -> None:
     """Revoke a key for good: its next request gets 401."""
     with operation() as session:
-        body = schemas.key_view(account_admin.revoke_key(session, key_id))
+        body = views.key_view(account_admin.revoke_key(session, key_id))
     emit(body, as_json, _describe_key(body))

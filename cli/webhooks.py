@@ -14,11 +14,10 @@ from contextlib import contextmanager
 import click
 from sqlalchemy.orm import Session
 
-from api.webhooks import schemas
 from cli.commands import emit, json_option, operation
 from common.models import WebhookDeliveryState
 from common.settings import get_settings
-from common.webhooks import manage
+from common.webhooks import manage, views
 from common.webhooks.events import EVENT_NAMES
 
 _json_option = json_option("Print the API's JSON.")
@@ -32,12 +31,12 @@ def _operation(account_id: uuid.UUID) -> Iterator[Session]:
         yield session
 
 
-def _describe(endpoint: schemas.EndpointView) -> str:
+def _describe(endpoint: views.EndpointView) -> str:
     state = "enabled" if endpoint.enabled else f"disabled ({endpoint.disabled_reason})"
     return f"{endpoint.id}  {endpoint.url}  {','.join(endpoint.events)}  {state}"
 
 
-def _describe_delivery(d: schemas.DeliveryView) -> str:
+def _describe_delivery(d: views.DeliveryView) -> str:
     codes = ",".join(str(a.status_code or "-") for a in d.attempts) or "-"
     return (
         f"{d.id}  {d.event_type.value}  request {d.request_id}  {d.url}  {d.state.value}"
@@ -74,7 +73,7 @@ def webhooks_create(
         endpoint = manage.create_endpoint(
             session, get_settings(), account_id, url, list(events) or None, description
         )
-        body = schemas.endpoint_view(endpoint)
+        body = views.endpoint_view(endpoint)
     emit(body, as_json, _describe(body))
 
 
@@ -84,8 +83,8 @@ def webhooks_create(
 def webhooks_list(account_id: uuid.UUID, as_json: bool) -> None:
     """The account's endpoints."""
     with _operation(account_id) as session:
-        body = schemas.EndpointList(
-            endpoints=[schemas.endpoint_view(e) for e in manage.list_endpoints(session, account_id)]
+        body = views.EndpointList(
+            endpoints=[views.endpoint_view(e) for e in manage.list_endpoints(session, account_id)]
         )
     emit(body, as_json, "\n".join(_describe(e) for e in body.endpoints) or "no endpoints")
 
@@ -108,7 +107,7 @@ def _enable_command(name: str, enabled: bool, doc: str) -> click.Command:
     def command(account_id: uuid.UUID, endpoint_id: uuid.UUID, as_json: bool) -> None:
         with _operation(account_id) as session:
             endpoint = manage.set_endpoint_enabled(session, account_id, endpoint_id, enabled)
-            body = schemas.endpoint_view(endpoint)
+            body = views.endpoint_view(endpoint)
         emit(body, as_json, _describe(body))
 
     return command
@@ -124,7 +123,7 @@ webhooks_group.add_command(_enable_command("enable", True, "Send an endpoint eve
 def webhooks_secret(account_id: uuid.UUID, as_json: bool) -> None:
     """The signing secret(s) in force (the first is made on first use)."""
     with _operation(account_id) as session:
-        body = schemas.secret_view(manage.get_secrets(session, account_id))
+        body = views.secret_view(manage.get_secrets(session, account_id))
     emit(body, as_json, _describe_secret(body))
 
 
@@ -143,11 +142,11 @@ def webhooks_rotate_secret(
     """A new signing secret."""
     with _operation(account_id) as session:
         secrets = manage.rotate_secret(session, get_settings(), account_id, overlap_seconds)
-        body = schemas.secret_view(secrets)
+        body = views.secret_view(secrets)
     emit(body, as_json, _describe_secret(body))
 
 
-def _describe_secret(body: schemas.SecretView) -> str:
+def _describe_secret(body: views.SecretView) -> str:
     lines = [f"secret: {body.secret}"]
     if body.previous_secret and body.previous_secret_expires_at:
         expires = body.previous_secret_expires_at.isoformat()
@@ -183,8 +182,8 @@ def webhooks_deliveries(
             state=WebhookDeliveryState(state) if state else None,
             cursor=cursor,
         )
-        body = schemas.DeliveryPage(
-            deliveries=[schemas.delivery_view(d, page.attempts[d.id]) for d in page.deliveries],
+        body = views.DeliveryPage(
+            deliveries=[views.delivery_view(d, page.attempts[d.id]) for d in page.deliveries],
             next_cursor=page.next_cursor,
         )
     lines = [_describe_delivery(d) for d in body.deliveries]
@@ -201,7 +200,7 @@ def webhooks_replay(account_id: uuid.UUID, delivery_id: uuid.UUID, as_json: bool
     """Send a finished delivery again (same webhook-id, a new series of attempts)."""
     with _operation(account_id) as session:
         delivery = manage.replay_delivery(session, account_id, delivery_id)
-        body = schemas.delivery_view(
+        body = views.delivery_view(
             delivery, manage.attempts_of(session, [delivery_id])[delivery_id]
         )
     emit(body, as_json, _describe_delivery(body))

@@ -13,7 +13,7 @@ from typing import Final
 from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from common import accounts, credits, cursors
+from common import accounts, credits, cursors, limits
 from common.models import Account, AccountStatus, ApiKey, CreditLedgerEntry, LedgerReason
 from common.refusals import Conflict, InvalidInput, NotFound
 
@@ -185,6 +185,23 @@ def active_key_count(session: Session, account_id: uuid.UUID) -> int:
         .select_from(ApiKey)
         .where(ApiKey.account_id == account_id, ApiKey.revoked_at.is_(None))
     ).scalar_one()
+
+
+@dataclass(frozen=True)
+class AccountFacts:
+    """What an operator sees of an account beyond its row (`ssd-img2img accounts show`)."""
+
+    jobs_in_flight: int
+    active_keys: int
+    recent_ledger: list[CreditLedgerEntry]  # newest first
+
+
+def account_facts(session: Session, account_id: uuid.UUID) -> AccountFacts:
+    return AccountFacts(
+        jobs_in_flight=limits.jobs_in_flight(session, account_id),
+        active_keys=active_key_count(session, account_id),
+        recent_ledger=recent_ledger(session, account_id),
+    )
 
 
 def revoke_key(session: Session, key_id: uuid.UUID) -> ApiKey:

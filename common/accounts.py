@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
@@ -73,3 +74,16 @@ _FIND_KEY = (
     .options(joinedload(ApiKey.account))
     .where(ApiKey.key_hash == bindparam("key_hash"))
 )
+
+
+def key_states(
+    session: Session, key_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[datetime | None, AccountStatus]]:
+    """(revoked_at, the account's status) of each of `key_ids` that still exists: one
+    query, for the sweeps that end the streams and waits of keys no longer usable."""
+    rows = session.execute(
+        select(ApiKey.id, ApiKey.revoked_at, Account.status)
+        .join(Account, Account.id == ApiKey.account_id)
+        .where(ApiKey.id.in_(key_ids))
+    )
+    return {key_id: (revoked_at, status) for key_id, revoked_at, status in rows}

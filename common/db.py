@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -103,3 +103,8 @@ def autocommit_session(url: str | None = None) -> Iterator[Session]:
     in it are two transactions."""
     with autocommit_connection(url) as conn, Session(bind=conn, expire_on_commit=False) as session:
         yield session
+
+
+def ping(session: Session) -> None:
+    """One round trip to the database (the health check): raises when it cannot answer."""
+    session.execute(text("SELECT 1"))

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from common import cancel_flags, credits, notify, progress
 from common.after_commit import after_commit
-from common.models import Job, JobStatus
+from common.models import TERMINAL_STATUSES, Job, JobStatus
 from common.refusals import Conflict, NotFound
 from common.webhooks.events import account_listens, record_job_event
 
@@ -44,6 +44,27 @@ def get_job(session: Session, job_id: uuid.UUID, account_id: uuid.UUID | None = 
     if account_id is not None:
         query = query.where(Job.account_id == account_id)
     return session.execute(query).scalar_one_or_none()
+
+
+def by_idempotency_key(session: Session, account_id: uuid.UUID, key: str) -> Job | None:
+    """The account's job submitted with this Idempotency-Key, if any."""
+    return session.execute(
+        select(Job).where(Job.account_id == account_id, Job.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+def statuses(session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobStatus]:
+    """The status of each of `job_ids` that exists: one query, whatever their number."""
+    rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))
+    return {job_id: status for job_id, status in rows}
+
+
+def terminal_among(session: Session, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of `job_ids` are in a terminal state: one query, whatever their number."""
+    rows = session.execute(
+        select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(TERMINAL_STATUSES))
+    )
+    return set(rows.scalars())
 
 
 def claim(

@@ -149,7 +149,7 @@ BATCH_KEY_SQL = (
 
 class JobState(Protocol):
     """What a job's status answer reads: a loaded `Job`, or the plain row of a status
-    poll's Core read (api/img2img/status_read.py), which skips the ORM's loading."""
+    poll's Core read (common/status_read.py), which skips the ORM's loading."""
 
     @property
     def id(self) -> uuid.UUID: ...

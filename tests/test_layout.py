@@ -122,3 +122,35 @@ def test_every_file_the_code_and_docs_name_exists() -> None:
         if not (ROOT / named).exists()
     }
     assert not missing, sorted(missing)
+
+
+# What builds or runs a statement; a module that needs one calls a service in common/.
+_QUERY_BUILDERS = {"select", "insert", "update", "delete", "text", "func", "and_", "or_"}
+_QUERY_CALLS = {"execute", "scalar", "scalars", "get", "query"}
+
+
+def _queries_in(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy"):
+            found += [f"imports {a.name}" for a in node.names if a.name in _QUERY_BUILDERS]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _QUERY_CALLS
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in {"session", "conn", "connection"}
+        ):
+            found.append(f"line {node.lineno}: {node.func.value.id}.{node.func.attr}()")
+    return found
+
+
+def test_the_api_runs_no_query_of_its_own() -> None:
+    """Services own the queries (docs/development.md): an endpoint calls common/, which
+    a test on a real database covers without HTTP in between."""
+    wrong = {
+        str(path.relative_to(ROOT)): found
+        for path in sorted((ROOT / "api").rglob("*.py"))
+        if (found := _queries_in(path))
+    }
+    assert not wrong, wrong

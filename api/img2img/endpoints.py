@@ -11,16 +11,20 @@ from starlette.concurrency import run_in_threadpool
 
 from api import idempotency
 from api.deps import (
+    INVALID_KEY,
+    MISSING_KEY,
     ApiKeyHeader,
+    CallerKey,
     CurrentAccount,
     SessionDep,
     SettingsDep,
     StorageDep,
     enforce_rate_limit,
+    refuse_unusable,
     set_remaining_credits,
 )
 from api.errors import ApiError
-from api.img2img import service, status_read
+from api.img2img import service
 from api.img2img.expiry import EXPIRED_RESPONSES
 from api.img2img.schemas import Img2ImgRequest, ResultResponse, StatusResponse, SubmitResponse
 from api.img2img.views import (
@@ -32,6 +36,7 @@ from api.img2img.views import (
     result_response,
     status_body,
 )
+from common import status_read
 from common.db import autocommit_connection
 from common.settings import Settings
 
@@ -93,11 +98,19 @@ def _status(
         job_id = None  # names nothing: 404, once the key is checked and counted
     # One pooled connection, in autocommit (reads only: no BEGIN/ROLLBACK round trips),
     # given back before the rate limiter's Redis round trip.
+    if not raw_key:
+        raise ApiError(401, MISSING_KEY)
     with autocommit_connection() as conn:
-        found = status_read.read(conn, raw_key, job_id)  # scoped to the caller
+        found = status_read.read(conn, raw_key, job_id)  # scoped to the key's account
+        if found is None:
+            raise ApiError(401, INVALID_KEY)
+        refuse_unusable(found.key.revoked_at, found.key.account_status)
         job = found.job
         body = status_body(conn, job, settings, found.queue_position) if job else None
-    enforce_rate_limit(request, found.key, settings)
+    key = found.key
+    enforce_rate_limit(
+        request, CallerKey(key.key_id, key.balance, key.rate_limit_per_minute), settings
+    )
     if job is None or body is None:
         raise ApiError(404, "request not found")
     return job_json(body.model_dump(), job)

@@ -43,7 +43,7 @@ from api.img2img.schemas import Img2ImgRequest
 from api.img2img.views import SUBMIT_ERRORS
 from api.job_waiters import JobWaiters, Waiter, job_waiters
 from api.open_work import Work, open_work
-from common import jobs
+from common import credits, jobs
 from common.db import session_scope
 from common.limits import effective_limits
 from common.models import Account, Job, JobStatus
@@ -100,8 +100,7 @@ def _read_job(job_id: uuid.UUID, account_id: uuid.UUID) -> tuple[Job | None, int
     in a fresh session: the request's own would return its stale cached copy."""
     with session_scope() as session:
         job = jobs.get_job(session, job_id, account_id=account_id)
-        account = session.get(Account, account_id)
-        return job, account.balance if account is not None else None
+        return job, credits.balance_of(session, account_id)
 
 
 async def _wait(

@@ -14,7 +14,7 @@ from api.deps import CurrentAccount, SessionDep, SettingsDep
 from api.errors import error_responses, parse_id
 from api.webhooks import schemas
 from common.models import WebhookDeliveryState
-from common.webhooks import manage
+from common.webhooks import manage, views
 
 router = APIRouter(prefix="/v2/webhooks", tags=["webhooks"])
 
@@ -26,7 +26,7 @@ _WITH_409 = error_responses(400, 401, 403, 404, 409, 429)
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=schemas.EndpointView,
+    response_model=views.EndpointView,
     responses=_WITH_409,
 )
 def create_endpoint(
@@ -34,42 +34,42 @@ def create_endpoint(
     session: SessionDep,
     settings: SettingsDep,
     account: CurrentAccount,
-) -> schemas.EndpointView:
+) -> views.EndpointView:
     """An endpoint that receives the chosen events of all the account's requests."""
     endpoint = manage.create_endpoint(
         session, settings, account.id, body.url, body.events, body.description
     )
-    return schemas.endpoint_view(endpoint)
+    return views.endpoint_view(endpoint)
 
 
-@router.get("", response_model=schemas.EndpointList, responses=_ERRORS)
-def list_endpoints(session: SessionDep, account: CurrentAccount) -> schemas.EndpointList:
+@router.get("", response_model=views.EndpointList, responses=_ERRORS)
+def list_endpoints(session: SessionDep, account: CurrentAccount) -> views.EndpointList:
     endpoints = manage.list_endpoints(session, account.id)
-    return schemas.EndpointList(endpoints=[schemas.endpoint_view(e) for e in endpoints])
+    return views.EndpointList(endpoints=[views.endpoint_view(e) for e in endpoints])
 
 
-@router.get("/secret", response_model=schemas.SecretView, responses=_ERRORS)
-def get_secret(session: SessionDep, account: CurrentAccount) -> schemas.SecretView:
+@router.get("/secret", response_model=views.SecretView, responses=_ERRORS)
+def get_secret(session: SessionDep, account: CurrentAccount) -> views.SecretView:
     """The secret(s) webhooks are signed with; the first is made on first use."""
     secrets = manage.get_secrets(session, account.id)
-    return schemas.secret_view(secrets)
+    return views.secret_view(secrets)
 
 
-@router.post("/secret/rotate", response_model=schemas.SecretView, responses=_ERRORS)
+@router.post("/secret/rotate", response_model=views.SecretView, responses=_ERRORS)
 def rotate_secret(
     session: SessionDep,
     settings: SettingsDep,
     account: CurrentAccount,
     body: schemas.RotateSecretBody | None = None,
-) -> schemas.SecretView:
+) -> views.SecretView:
     """A new secret; the old one keeps signing too (a second signature) for the overlap."""
     secrets = manage.rotate_secret(
         session, settings, account.id, body.overlap_seconds if body else None
     )
-    return schemas.secret_view(secrets)
+    return views.secret_view(secrets)
 
 
-@router.get("/deliveries", response_model=schemas.DeliveryPage, responses=_WITH_404)
+@router.get("/deliveries", response_model=views.DeliveryPage, responses=_WITH_404)
 def list_deliveries(
     session: SessionDep,
     account: CurrentAccount,
@@ -78,7 +78,7 @@ def list_deliveries(
     state: Annotated[WebhookDeliveryState | None, Query(description="Only this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
-) -> schemas.DeliveryPage:
+) -> views.DeliveryPage:
     """Deliveries (one per event and target), newest first, with every attempt."""
     page = manage.list_deliveries(
         session,
@@ -89,44 +89,44 @@ def list_deliveries(
         state=state,
         cursor=cursor,
     )
-    return schemas.DeliveryPage(
-        deliveries=[schemas.delivery_view(d, page.attempts[d.id]) for d in page.deliveries],
+    return views.DeliveryPage(
+        deliveries=[views.delivery_view(d, page.attempts[d.id]) for d in page.deliveries],
         next_cursor=page.next_cursor,
     )
 
 
-@router.get("/deliveries/{delivery_id}", response_model=schemas.DeliveryView, responses=_WITH_404)
+@router.get("/deliveries/{delivery_id}", response_model=views.DeliveryView, responses=_WITH_404)
 def get_delivery(
     delivery_id: str, session: SessionDep, account: CurrentAccount
-) -> schemas.DeliveryView:
+) -> views.DeliveryView:
     delivery = manage.get_delivery(session, account.id, parse_id(delivery_id, "webhook delivery"))
-    return schemas.delivery_view(delivery, manage.attempts_of(session, [delivery.id])[delivery.id])
+    return views.delivery_view(delivery, manage.attempts_of(session, [delivery.id])[delivery.id])
 
 
 @router.post(
     "/deliveries/{delivery_id}/replay",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=schemas.DeliveryView,
+    response_model=views.DeliveryView,
     responses=_WITH_409,
 )
 def replay_delivery(
     delivery_id: str, session: SessionDep, account: CurrentAccount
-) -> schemas.DeliveryView:
+) -> views.DeliveryView:
     """Send a finished (succeeded or failed) delivery again, with the same webhook-id:
     a new series of attempts."""
     delivery = manage.replay_delivery(
         session, account.id, parse_id(delivery_id, "webhook delivery")
     )
     attempts = manage.attempts_of(session, [delivery.id])[delivery.id]
-    return schemas.delivery_view(delivery, attempts)
+    return views.delivery_view(delivery, attempts)
 
 
-@router.get("/{endpoint_id}", response_model=schemas.EndpointView, responses=_WITH_404)
+@router.get("/{endpoint_id}", response_model=views.EndpointView, responses=_WITH_404)
 def get_endpoint(
     endpoint_id: str, session: SessionDep, account: CurrentAccount
-) -> schemas.EndpointView:
+) -> views.EndpointView:
     endpoint = manage.get_endpoint(session, account.id, parse_id(endpoint_id, "webhook endpoint"))
-    return schemas.endpoint_view(endpoint)
+    return views.endpoint_view(endpoint)
 
 
 @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_WITH_404)
@@ -138,24 +138,24 @@ def delete_endpoint(endpoint_id: str, session: SessionDep, account: CurrentAccou
 
 def _set_enabled(
     endpoint_id: str, session: SessionDep, account: CurrentAccount, enabled: bool
-) -> schemas.EndpointView:
+) -> views.EndpointView:
     endpoint = manage.set_endpoint_enabled(
         session, account.id, parse_id(endpoint_id, "webhook endpoint"), enabled
     )
-    return schemas.endpoint_view(endpoint)
+    return views.endpoint_view(endpoint)
 
 
-@router.post("/{endpoint_id}/disable", response_model=schemas.EndpointView, responses=_WITH_404)
+@router.post("/{endpoint_id}/disable", response_model=views.EndpointView, responses=_WITH_404)
 def disable_endpoint(
     endpoint_id: str, session: SessionDep, account: CurrentAccount
-) -> schemas.EndpointView:
+) -> views.EndpointView:
     """Send it nothing until enabled again; its waiting deliveries fail."""
     return _set_enabled(endpoint_id, session, account, False)
 
 
-@router.post("/{endpoint_id}/enable", response_model=schemas.EndpointView, responses=_WITH_404)
+@router.post("/{endpoint_id}/enable", response_model=views.EndpointView, responses=_WITH_404)
 def enable_endpoint(
     endpoint_id: str, session: SessionDep, account: CurrentAccount
-) -> schemas.EndpointView:
+) -> views.EndpointView:
     """Send it events again (after a 410 Gone disabled it, say)."""
     return _set_enabled(endpoint_id, session, account, True)

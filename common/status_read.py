@@ -16,11 +16,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection, and_, bindparam, case, select
 
-from api.deps import INVALID_KEY, MISSING_KEY, CallerKey, refuse_unusable
-from api.errors import ApiError
 from common import scheduler
 from common.accounts import hash_key
-from common.models import Account, ApiKey, Job, JobStatus
+from common.models import Account, AccountStatus, ApiKey, Job, JobStatus
 
 # Built once, so SQLAlchemy computes its cache key once too.
 _READ = (
@@ -65,25 +63,36 @@ class JobRow:
     cancel_requested_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """The key's columns the status poll checks before answering (api/img2img/endpoints.py)."""
+
+    key_id: uuid.UUID
+    revoked_at: datetime | None
+    account_status: AccountStatus
+    balance: int
+    rate_limit_per_minute: int | None
+
+
 @dataclass(frozen=True)
 class StatusRead:
-    key: CallerKey  # usable: unrevoked, its account active
-    job: JobRow | None  # None: the caller has no job of that id
+    key: KeyRow
+    job: JobRow | None  # None: the key's account has no job of that id
     queue_position: int | None  # set when `job` is QUEUED
 
 
-def read(conn: Connection, raw_key: str | None, job_id: uuid.UUID | None) -> StatusRead:
-    """The caller's key and job `job_id` (None: an id that names nothing). Raises the
-    key's 401/403 (api.deps.refuse_unusable); counts nothing against the rate limit."""
-    if not raw_key:
-        raise ApiError(401, MISSING_KEY)
+def read(conn: Connection, raw_key: str, job_id: uuid.UUID | None) -> StatusRead | None:
+    """The key `raw_key` (None: unknown) and its account's job `job_id` (None: an id
+    that names nothing). Checks nothing: the caller decides what a revoked key or a
+    suspended account gets."""
     row = conn.execute(
         _READ, {"job_id": job_id or uuid.UUID(int=0), "key_hash": hash_key(raw_key)}
     ).one_or_none()
     if row is None:
-        raise ApiError(401, INVALID_KEY)
-    refuse_unusable(row.revoked_at, row.account_status)
-    key = CallerKey(row.key_id, row.balance, row.rate_limit_per_minute)
+        return None
+    key = KeyRow(
+        row.key_id, row.revoked_at, row.account_status, row.balance, row.rate_limit_per_minute
+    )
     if row.id is None:
         return StatusRead(key, None, None)
     job = JobRow(
