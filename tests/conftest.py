@@ -3,61 +3,18 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+from sqlalchemy.orm import Session
 
 from cli import stack
 from devstack.ports import free_port
 from devstack.stack import purge_state, start_services
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class Stack:
-    state_dir: Path
-    env: dict[str, str]
-
-    @property
-    def api_url(self) -> str:
-        return self.env["API_URL"]
-
-    def cli(self, *args: str) -> str:
-        """Run `ssd-img2img ARGS` against this stack; returns stdout."""
-        result = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args],
-            env={**os.environ, **self.env},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def create_account(self, credits: int = 1000, name: str = "test") -> tuple[str, str]:
-        """A new account; returns (account id, api key)."""
-        data = json.loads(
-            self.cli("accounts", "create", "--name", name, "--credits", str(credits), "--json")
-        )
-        return data["id"], data["api_key"]
-
-    def admin(self) -> httpx.Client:
-        """A client of the /admin API, with this stack's ADMIN_TOKEN."""
-        headers = {"authorization": f"Bearer {self.env['ADMIN_TOKEN']}"}
-        return httpx.Client(base_url=f"{self.api_url}/admin", headers=headers, timeout=60)
-
-    def client(self, api_key: str | None = None) -> httpx.Client:
-        headers = {"x-api-key": api_key} if api_key else {}
-        return httpx.Client(base_url=self.api_url, headers=headers, timeout=60)
+from tests.support.db import rolled_back_session
+from tests.support.live import Stack
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +55,14 @@ def services_env(
     finally:
         stack.down(state_dir)
         purge_state(state_dir)
+
+
+@pytest.fixture
+def db(services_env: tuple[Path, dict[str, str]]) -> Iterator[Session]:
+    """The database tier: a session on the real PostgreSQL, in a transaction rolled back
+    when the test ends (tests/support/db.py)."""
+    with rolled_back_session() as session:
+        yield session
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.conftest import ROOT, Stack
-from tests.test_admin import MISSING, me
+from tests.support.admin import MISSING, me
+from tests.support.live import ROOT, Stack
 
 
 def cli_json(live_stack: Stack, group: str, command: str, *args: str) -> Any:

@@ -12,11 +12,10 @@ import pytest
 
 from common.db import session_scope
 from common.models import Job
-from tests.conftest import Stack
-from tests.extra_api import held_api
-from tests.helpers import job_body
-
-MISSING = "00000000-0000-0000-0000-000000000000"
+from tests.support.admin import MISSING, me, new_account
+from tests.support.extra_api import held_api
+from tests.support.helpers import job_body
+from tests.support.live import Stack
 
 # Every tenant endpoint, as (method, path, JSON body).
 TENANT_CALLS: list[tuple[str, str, dict[str, object] | None]] = [
@@ -26,19 +25,6 @@ TENANT_CALLS: list[tuple[str, str, dict[str, object] | None]] = [
     ("GET", "/v2/requests", None),
     ("GET", "/v1/account", None),
 ]
-
-
-def new_account(live_stack: Stack, credits: int = 100, name: str = "admin-test") -> dict:
-    with live_stack.admin() as admin:
-        response = admin.post("/accounts", json={"name": name, "credits": credits})
-    assert response.status_code == 201, response.text
-    body: dict = response.json()
-    return body
-
-
-def me(live_stack: Stack, key: str) -> httpx.Response:
-    with live_stack.client(key) as client:
-        return client.get("/v1/account")
 
 
 def call(live_stack: Stack, key: str, method: str, path: str, body: object) -> httpx.Response:

@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from common.db import session_scope
 from common.models import Job
-from tests.conftest import Stack
-from tests.helpers import job_body
+from tests.support.helpers import job_body
+from tests.support.live import Stack
 
 
 @pytest.fixture

@@ -17,17 +17,17 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
 
 from common.db import session_scope
 from common.images import check, normalise
-from common.models import Account, Job
+from common.models import Job
 from common.settings import Settings
 from common.storage import get_storage
-from tests import image_samples as samples
-from tests.conftest import Stack
-from tests.helpers import job_body
-from tests.loopback_http import LoopbackServer, loopback_server, redirect, respond
+from tests.support import image_samples as samples
+from tests.support.helpers import job_body
+from tests.support.live import Stack
+from tests.support.loopback_http import LoopbackServer, loopback_server, redirect, respond
+from tests.support.reads import account_state
 
 SUBMIT = "/v2/ssd-img2img"
 CREDITS = 1000
@@ -45,17 +45,6 @@ def account(live_stack: Stack) -> tuple[str, str]:
 def image_server() -> Iterator[LoopbackServer]:
     with loopback_server() as server:
         yield server
-
-
-def _account_state(account_id: str) -> tuple[int, int]:
-    """(balance, number of jobs), read from PostgreSQL, the source of truth."""
-    with session_scope() as session:
-        account = session.get(Account, uuid.UUID(account_id))
-        assert account is not None
-        jobs = session.execute(
-            select(func.count()).select_from(Job).where(Job.account_id == account.id)
-        ).scalar_one()
-        return account.balance, int(jobs)
 
 
 def _stored_objects(account_id: str) -> list[str]:
@@ -77,7 +66,7 @@ def _assert_refused_free(
     assert set(body) == {"error"}
     # The field starts the message or one of its "; "-separated parts.
     assert re.search(rf"(^|; ){field}(\.\w+)*:", body["error"]), body
-    assert _account_state(account_id) == (CREDITS, 0)
+    assert account_state(account_id) == (CREDITS, 0)
     assert _stored_objects(account_id) == []  # nothing stored either
 
 
@@ -327,7 +316,7 @@ def test_oversized_content_length_is_413_before_reading(
     assert response.status == 413
     assert response.getheader("content-type") == "application/json"
     assert f"larger than the limit of {limit} bytes" in body.decode()
-    assert _account_state(account[0]) == (CREDITS, 0)
+    assert account_state(account[0]) == (CREDITS, 0)
 
 
 def test_oversized_chunked_body_is_413_while_streaming(
@@ -345,7 +334,7 @@ def test_oversized_chunked_body_is_413_while_streaming(
     assert response.status == 413, body
     assert response.getheader("content-type") == "application/json"
     assert f"larger than the limit of {limit} bytes" in body.decode()
-    assert _account_state(account[0]) == (CREDITS, 0)
+    assert account_state(account[0]) == (CREDITS, 0)
 
 
 # --- what must work ----------------------------------------------------------------------
@@ -371,7 +360,7 @@ def test_data_uri_is_accepted_and_charged(live_stack: Stack) -> None:
     image = "data:image/jpeg;base64," + samples.b64(samples.jpeg(120, 90))
     status, _, body = _post(live_stack, key, json=job_body(image=image, num_inference_steps=20))
     assert status == 200, body
-    assert _account_state(account_id) == (CREDITS - 20, 1)
+    assert account_state(account_id) == (CREDITS - 20, 1)
     assert _stored_input(body["request_id"]).size == (120, 88)
 
 
@@ -384,7 +373,7 @@ def test_image_url_is_fetched_and_prepared_like_base64(
     image_server.routes["/moved"] = redirect("/photo.jpg", 302)
     status, _, body = _post(live_stack, key, json=job_body(image=image_server.url("/moved")))
     assert status == 200, body
-    assert _account_state(account_id) == (CREDITS - 20, 1)
+    assert account_state(account_id) == (CREDITS - 20, 1)
     stored, params = _stored_bytes(body["request_id"])
     assert stored == raw  # kept as received, like a base64 image
     expected = check(raw, max_pixels=Settings().max_image_pixels, max_side=1024)

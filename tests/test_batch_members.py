@@ -19,12 +19,11 @@ from common.db import session_scope
 from common.models import JobStatus
 from common.settings import get_settings
 from common.storage import get_storage
-from tests.conftest import Stack
-from tests.helpers import image_b64, insert_job, job_body, wait_terminal
-from tests.pausing import gpu_workers_paused
-from tests.test_cancel import ledger_of, load_job
-from tests.test_credits import balance, ledger_sum
-from tests.test_limits import wait_until
+from tests.support.helpers import image_b64, insert_job, job_body, wait_terminal
+from tests.support.live import Stack
+from tests.support.pausing import gpu_workers_paused
+from tests.support.reads import balance, ledger_of, ledger_sum, load_job
+from tests.support.waiting import wait_until
 from worker import execute
 from worker.pipeline import NON_FINITE_OUTPUT, GenerationResult
 from worker.prefetch import InputPrefetcher

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import gpu
-from tests.conftest import Stack
+from tests.support.live import Stack
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array:DeprecationWarning")
 

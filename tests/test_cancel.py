@@ -11,15 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import select
 
 from common.db import session_scope
-from common.models import CreditLedgerEntry, Job, LedgerReason
+from common.models import Job, LedgerReason
 from common.settings import get_settings
 from common.storage import get_storage
-from tests.conftest import Stack
-from tests.helpers import image_b64, job_body, wait_terminal
-from tests.pausing import gpu_workers_paused
-from tests.sse import stream_in_thread
-from tests.test_credits import balance, ledger_sum
-from tests.test_limits import wait_until
+from tests.support.helpers import image_b64, job_body, wait_terminal
+from tests.support.live import Stack
+from tests.support.pausing import gpu_workers_paused
+from tests.support.reads import balance, ledger_of, ledger_sum, load_job
+from tests.support.sse import stream_in_thread
+from tests.support.waiting import wait_until
 
 COST = 20  # job_body(): 1 sample × 20 steps
 # Long enough never to finish before it is cancelled (hundreds of step callbacks).
@@ -31,23 +31,6 @@ LONG = {
     "scheduler": "DPM2 Karras",
 }
 LONG_COST = 4 * 100
-
-
-def load_job(job_id: str) -> Job:
-    with session_scope() as session:
-        job = session.get(Job, uuid.UUID(job_id))
-        assert job is not None
-        return job
-
-
-def ledger_of(job_id: str) -> list[tuple[LedgerReason, int]]:
-    with session_scope() as session:
-        rows = session.execute(
-            select(CreditLedgerEntry.reason, CreditLedgerEntry.amount)
-            .where(CreditLedgerEntry.job_id == uuid.UUID(job_id))
-            .order_by(CreditLedgerEntry.id)
-        ).all()
-    return [(reason, amount) for reason, amount in rows]
 
 
 def other_job_of(account_id: str, known: str) -> str | None:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from common import jobs, leases, scheduler
 from common.db import autocommit_session, get_engine, session_scope
 from common.models import JobStatus, WebhookDelivery, WebhookEndpoint
-from tests.helpers import insert_account, insert_job
+from tests.support.helpers import insert_account, insert_job
 
 OWNER = "contention-test-worker"
 

@@ -10,28 +10,12 @@ from sqlalchemy import func, select
 
 from common import credits, jobs
 from common.db import session_scope
-from common.models import Account, CreditLedgerEntry, Job, JobStatus, LedgerReason
+from common.models import CreditLedgerEntry, Job, JobStatus, LedgerReason
 from common.tasks import WAKE_GPU, get_celery, wake_gpu_workers
-from tests.conftest import Stack
-from tests.extra_api import run_on_the_workers
-from tests.helpers import insert_job, job_body, wait_terminal
-
-
-def ledger_sum(account_id: str) -> int:
-    with session_scope() as session:
-        total = session.execute(
-            select(func.coalesce(func.sum(CreditLedgerEntry.amount), 0)).where(
-                CreditLedgerEntry.account_id == uuid.UUID(account_id)
-            )
-        ).scalar_one()
-    return int(total)
-
-
-def balance(account_id: str) -> int:
-    with session_scope() as session:
-        account = session.get(Account, uuid.UUID(account_id))
-        assert account is not None
-        return account.balance
+from tests.support.extra_api import run_on_the_workers
+from tests.support.helpers import insert_job, job_body, wait_terminal
+from tests.support.live import Stack
+from tests.support.reads import balance, ledger_sum
 
 
 def test_concurrent_submits_never_overdraw(live_stack: Stack) -> None:

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 
 from common.db import session_scope
 from common.models import CreditLedgerEntry, Job
-from tests.conftest import Stack
-from tests.helpers import image_b64, job_body, wait_terminal
+from tests.support.helpers import image_b64, job_body, wait_terminal
+from tests.support.live import Stack
 
 
 def test_submit_poll_fetch_jpegs(live_stack: Stack) -> None:

@@ -16,10 +16,11 @@ from sqlalchemy import select
 
 from common.db import session_scope
 from common.models import Job, JobStatus
-from tests.conftest import Stack
-from tests.helpers import image_b64, job_body, wait_terminal
-from tests.pausing import gpu_workers_paused
-from tests.test_limits import set_limits, wait_until
+from tests.support.admin import set_limits
+from tests.support.helpers import image_b64, job_body, wait_terminal
+from tests.support.live import Stack
+from tests.support.pausing import gpu_workers_paused
+from tests.support.waiting import wait_until
 
 # One denoising step (20 × 0.05) on a 64×64 image: the fastest job the tiny model runs.
 QUICK = {"image": image_b64(64, 64), "num_inference_steps": 20, "strength": 0.05}

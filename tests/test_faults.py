@@ -2,7 +2,7 @@
 kills every worker that runs it, Redis losing every message, SIGTERM to a busy worker
 and to an API holding a synchronous request, worker recycling.
 
-Everything runs on a stack of its own (tests/fault_stack.py), with short leases and a
+Everything runs on a stack of its own (tests/support/fault_stack.py), with short leases and a
 reconciler every second, so the shared `live_stack` never sees a fault. Nothing here
 asserts a duration: recovery times are measured and printed (`pytest -s`), and the
 figures in docs/reliability.md come from these runs. Racing submits for the last
@@ -30,9 +30,10 @@ from devstack import postgres, s3
 from devstack import redis as redis_service
 from devstack.ports import free_port
 from devstack.process import is_running, pidfile_path, stop_pidfile
-from tests.fault_stack import FaultStack, fault_stack, wait_until
-from tests.helpers import image_b64, job_body
-from tests.webhook_receiver import Receiver, webhook_receiver
+from tests.support.fault_stack import FaultStack, fault_stack
+from tests.support.helpers import image_b64, job_body
+from tests.support.waiting import wait_until
+from tests.support.webhook_receiver import Receiver, webhook_receiver
 
 CREDITS = 100_000
 # About 3-10 s on the tiny model with one torch thread: longer than a lease (3 s), so
@@ -90,9 +91,10 @@ def status_of(faults: FaultStack, job_id: uuid.UUID) -> JobStatus:
 def wait_status(
     faults: FaultStack, job_id: uuid.UUID, *statuses: JobStatus, timeout: float = 600
 ) -> float:
-    return wait_until(
-        lambda: status_of(faults, job_id) in statuses, f"{job_id} {statuses}", timeout
-    )
+    """Until the job is in one of `statuses`; returns the seconds that took (for docs)."""
+    started = time.monotonic()
+    wait_until(lambda: status_of(faults, job_id) in statuses, f"{job_id} {statuses}", timeout)
+    return time.monotonic() - started
 
 
 def charged_once(faults: FaultStack, account_id: str, costs: list[int]) -> None:

@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
-from tests.conftest import Stack
+from tests.support.live import Stack
 
 
 @pytest.fixture(scope="module")

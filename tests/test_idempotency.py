@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from common.db import session_scope
 from common.models import CreditLedgerEntry, Job, LedgerReason
 from common.settings import get_settings
-from tests.conftest import Stack
-from tests.helpers import job_body, wait_terminal
+from tests.support.helpers import job_body, wait_terminal
+from tests.support.live import Stack
 
 COST = 20  # job_body(): 1 sample × 20 steps
 REPLAYED = "idempotent-replayed"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from common.images import ImageError, check, normalise
-from tests import image_samples as samples
+from tests.support import image_samples as samples
 
 LIMITS = {"max_pixels": 4096 * 4096, "max_side": 1024}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.live import ROOT
 
 PROCESSES = ("api", "worker", "background")
 
@@ -153,4 +153,17 @@ def test_the_api_runs_no_query_of_its_own() -> None:
         for path in sorted((ROOT / "api").rglob("*.py"))
         if (found := _queries_in(path))
     }
+    assert not wrong, wrong
+
+
+def test_tests_share_code_through_the_support_package_only() -> None:
+    """A helper imported from another test module drags that module's tests and fixtures
+    along and hides what it is shared for (docs/development.md "Tests")."""
+    wrong = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                if parts[0] == "tests" and parts[1:2] != ["support"]:
+                    wrong[str(path.relative_to(ROOT))] = node.module
     assert not wrong, wrong

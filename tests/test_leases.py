@@ -10,9 +10,9 @@ import pytest
 from common import jobs, leases
 from common.db import session_scope
 from common.models import Job, JobStatus
-from tests.conftest import Stack
-from tests.fault_stack import wait_until
-from tests.helpers import insert_job
+from tests.support.helpers import insert_job
+from tests.support.live import Stack
+from tests.support.waiting import wait_until
 from worker.heartbeat import LeaseHeartbeat
 from worker.step_monitor import LeaseLost, StepMonitor
 

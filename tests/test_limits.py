@@ -3,9 +3,7 @@ account's jobs in flight (PostgreSQL), set per account through the admin API."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,27 +17,13 @@ from common.db import session_scope
 from common.models import Job
 from devstack.ports import free_port
 from devstack.process import pidfile_path, stop_pidfile
-from tests.conftest import Stack
-from tests.extra_api import HeldApi, held_api, run_on_the_workers
-from tests.helpers import job_body, wait_terminal
-from tests.test_admin import me, new_account
+from tests.support.admin import me, new_account, set_limits
+from tests.support.extra_api import HeldApi, held_api, run_on_the_workers
+from tests.support.helpers import job_body, wait_terminal
+from tests.support.live import Stack
+from tests.support.waiting import wait_until
 
 COST = 20  # job_body(): 1 sample × 20 steps
-
-
-def set_limits(live_stack: Stack, account_id: str, **limits: int | None) -> dict:
-    with live_stack.admin() as admin:
-        response = admin.patch(f"/accounts/{account_id}/limits", json=limits)
-    assert response.status_code == 200, response.text
-    body: dict = response.json()
-    return body
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"still not {what} after {timeout}s"
-        time.sleep(0.2)
 
 
 def release(held: HeldApi, status_urls: list[str], key: str) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from common import jobs, scheduler
 from common.db import get_engine, session_scope
 from common.models import JobStatus
-from tests.helpers import insert_account, insert_job
+from tests.support.helpers import insert_account, insert_job
 
 OWNER = "line-head-test-worker"
 

@@ -7,13 +7,12 @@ from collections.abc import Iterator
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from common.models import Base
-from tests.conftest import ROOT
+from tests.support.reads import alembic_config
 
 
 @pytest.fixture
@@ -29,13 +28,6 @@ def empty_db_url(services_env: tuple[object, dict[str, str]]) -> Iterator[str]:
     admin.dispose()
 
 
-def _config(url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", url)
-    config.attributes["configure_logger"] = False
-    return config
-
-
 def _diff(url: str) -> list[object]:
     engine = create_engine(url)
     with engine.connect() as conn:
@@ -46,7 +38,7 @@ def _diff(url: str) -> list[object]:
 
 
 def test_upgrade_matches_models_and_round_trips(empty_db_url: str) -> None:
-    config = _config(empty_db_url)
+    config = alembic_config(empty_db_url)
     command.upgrade(config, "heads")
     assert _diff(empty_db_url) == []
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from common.schedulers import SCHEDULER_NAMES
-from tests.conftest import Stack
+from tests.support.live import Stack
 
 
 @pytest.fixture(scope="module")

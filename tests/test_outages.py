@@ -23,8 +23,8 @@ from common.models import Account, Job, JobStatus
 from devstack import postgres, redis, s3
 from devstack.ports import free_port
 from devstack.stack import purge_state, start_services
-from tests.conftest import ROOT
-from tests.helpers import job_body
+from tests.support.helpers import job_body
+from tests.support.live import ROOT
 
 
 @dataclass

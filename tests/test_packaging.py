@@ -16,7 +16,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tests.conftest import ROOT
+from tests.support.live import ROOT
 
 
 def test_compose_file_is_valid() -> None:

@@ -15,12 +15,12 @@ from common import progress as progress_store
 from common.db import session_scope
 from common.models import Job, JobStatus
 from common.settings import get_settings
-from tests.conftest import Stack
-from tests.helpers import TERMINAL, image_b64, job_body, wait_terminal
-from tests.pausing import gpu_workers_paused
-from tests.sse import EventLog, read_stream, stream_in_thread
-from tests.test_cancel import load_job
-from tests.test_limits import wait_until
+from tests.support.helpers import TERMINAL, image_b64, job_body, wait_terminal
+from tests.support.live import Stack
+from tests.support.pausing import gpu_workers_paused
+from tests.support.reads import load_job
+from tests.support.sse import EventLog, read_stream, stream_in_thread
+from tests.support.waiting import wait_until
 from worker.step_monitor import CANCEL_FLAG_CHECK_SECONDS, JobCancelled, StepMonitor
 
 # Many step callbacks for little work: DPM2 is second order, so 100 × 0.99 gives about

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from common import scheduler
 from common.db import get_engine, session_scope
 from common.models import Job
-from tests.helpers import insert_account
+from tests.support.helpers import insert_account
 
 # QUEUED jobs `first`..`last` of one account in pool `queue`, one second apart.
 _JOBS = text(

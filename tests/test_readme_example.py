@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, Stack
-from tests.helpers import image_b64
+from tests.support.helpers import image_b64
+from tests.support.live import ROOT, Stack
 
 
 def _client_example() -> str:

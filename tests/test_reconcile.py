@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 from common.db import session_scope
 from common.models import Account, CreditLedgerEntry, Job, JobStatus, LedgerReason
 from common.tasks import MAX_WAKEUPS
-from tests.conftest import ROOT
-from tests.test_migrations import _config
+from tests.support.live import ROOT
+from tests.support.reads import alembic_config
 
 COST = 20
 SETTINGS = {
@@ -49,7 +49,7 @@ def reconcile_env(services_env: tuple[object, dict[str, str]]) -> Iterator[dict[
         conn.execute(text("DROP DATABASE IF EXISTS reconcile_check WITH (FORCE)"))
         conn.execute(text("CREATE DATABASE reconcile_check"))
     db_url = url.set(database="reconcile_check").render_as_string(hide_password=False)
-    command.upgrade(_config(db_url), "heads")
+    command.upgrade(alembic_config(db_url), "heads")
     queue = f"reconcile-check-{uuid.uuid4().hex[:8]}"
     yield {**env, **SETTINGS, "DATABASE_URL": db_url, "GPU_QUEUE": queue}
     with redis.Redis.from_url(env["REDIS_URL"]) as client:

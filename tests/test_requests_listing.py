@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.conftest import Stack
-from tests.helpers import job_body, wait_terminal
+from tests.support.helpers import job_body, wait_terminal
+from tests.support.live import Stack
 
 
 def test_list_pages_filter_and_isolation(live_stack: Stack) -> None:

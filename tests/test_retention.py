@@ -37,9 +37,9 @@ from devstack.process import (
     pidfile_process_alive,
     stop_pidfile,
 )
-from tests.conftest import Stack
-from tests.extra_api import held_api
-from tests.helpers import job_body, wait_terminal
+from tests.support.extra_api import held_api
+from tests.support.helpers import job_body, wait_terminal
+from tests.support.live import Stack
 
 
 @pytest.fixture(scope="module")

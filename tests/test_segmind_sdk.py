@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from segmind import SegmindClient, SegmindError
 
-from tests.conftest import Stack
-from tests.helpers import image_b64, job_body
+from tests.support.helpers import image_b64, job_body
+from tests.support.live import Stack
 
 SLUG = "ssd-img2img"
 

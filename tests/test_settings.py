@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from common.settings import Settings, unsafe_test_settings
 from devstack.process import log_path
-from tests.conftest import Stack
+from tests.support.live import Stack
 
 
 @pytest.mark.e2e  # starts the API process

@@ -24,9 +24,9 @@ from sqlalchemy import text
 from common import jobs, notify
 from common.db import session_scope
 from common.models import Account, JobStatus
-from tests.conftest import Stack
-from tests.extra_api import HeldApi, held_api, queued_job_ids, run_on_the_workers
-from tests.helpers import image_b64, job_body
+from tests.support.extra_api import HeldApi, held_api, queued_job_ids, run_on_the_workers
+from tests.support.helpers import image_b64, job_body
+from tests.support.live import Stack
 
 WAITERS = 100
 THROUGH_THE_WORKER = 10

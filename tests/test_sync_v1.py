@@ -16,9 +16,9 @@ from segmind import InferenceFailed, SegmindClient, SegmindError
 from common import jobs
 from common.db import session_scope
 from common.storage import get_storage
-from tests.conftest import Stack
-from tests.extra_api import HeldApi, held_api, queued_job_ids, run_on_the_workers
-from tests.helpers import image_b64, job_body, wait_terminal
+from tests.support.extra_api import HeldApi, held_api, queued_job_ids, run_on_the_workers
+from tests.support.helpers import image_b64, job_body, wait_terminal
+from tests.support.live import Stack
 
 V1 = "/v1/ssd-img2img"
 

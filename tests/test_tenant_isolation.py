@@ -22,11 +22,11 @@ from starlette.requests import Request
 from api.img2img import events
 from common.settings import get_settings
 from common.storage import get_storage
-from tests.conftest import Stack
-from tests.extra_api import held_api
-from tests.helpers import job_body
-from tests.loopback_http import dripping, loopback_server
-from tests.test_bad_input import _account_state
+from tests.support.extra_api import held_api
+from tests.support.helpers import job_body
+from tests.support.live import Stack
+from tests.support.loopback_http import dripping, loopback_server
+from tests.support.reads import account_state
 
 SUBMIT = "/v2/ssd-img2img"
 NOISY_CREDITS = 100
@@ -111,7 +111,7 @@ def test_a_tenant_holding_slow_fetches_and_streams_does_not_slow_another(
     assert all(int(r.headers["retry-after"]) > 0 for r in refused)
     assert "at most 4 at a time" in refused[0].json()["error"]
     assert sorted(r.status_code for r in held_fetches) == [400] * 4 + [429] * 96
-    assert _account_state(noisy_id) == noisy_jobs
+    assert account_state(noisy_id) == noisy_jobs
 
     # The quiet tenant did not notice.
     assert answers and all(code == 200 for code in answers), answers

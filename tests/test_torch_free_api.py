@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from devstack.process import pidfile_path, read_pidfile
-from tests.conftest import ROOT, Stack
-from tests.helpers import job_body
+from tests.support.helpers import job_body
+from tests.support.live import ROOT, Stack
 
 HEAVY = ("torch", "diffusers", "transformers", "worker")
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from common import jobs, leases
 from common.db import get_engine, session_scope
 from common.models import JobStatus
-from tests.helpers import insert_account, insert_job
+from tests.support.helpers import insert_account, insert_job
 
 OWNER = "plan-test-worker"
 

@@ -16,8 +16,8 @@ import pytest
 
 from common import urlsafety
 from common.urlsafety import FetchError, UnsafeUrlError, address_problem, check_url, fetch
-from tests.image_samples import jpeg
-from tests.loopback_http import (
+from tests.support.image_samples import jpeg
+from tests.support.loopback_http import (
     LoopbackServer,
     dripping,
     loopback_server,

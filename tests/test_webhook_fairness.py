@@ -28,10 +28,11 @@ from common.settings import get_settings
 from common.webhooks import delivery as webhook_delivery
 from common.webhooks import manage
 from common.webhooks.signing import new_webhook_id
-from tests.conftest import Stack
-from tests.helpers import insert_job, job_body, wait_terminal
-from tests.loopback_http import silent_server
-from tests.webhook_receiver import Receiver, wait_until, webhook_receiver
+from tests.support.helpers import insert_job, job_body, wait_terminal
+from tests.support.live import Stack
+from tests.support.loopback_http import silent_server
+from tests.support.waiting import wait_until
+from tests.support.webhook_receiver import Receiver, webhook_receiver
 
 ALL_EVENTS = ["started", "progress", "completed"]
 

@@ -19,7 +19,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from common import urlsafety
 from common.webhooks import delivery, signing
 from common.webhooks.events import ProgressThrottle, event_type
-from tests.webhook_receiver import Answer, webhook_receiver
+from tests.support.webhook_receiver import Answer, webhook_receiver
 
 
 def _headers(webhook_id: str, timestamp: int, signature: str) -> dict[str, str]:

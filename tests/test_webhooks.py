@@ -35,9 +35,10 @@ from common.webhooks import manage
 from common.webhooks.events import iso_now, maybe_record_progress_event, record_job_event
 from common.webhooks.queue import send_now
 from common.webhooks.signing import new_webhook_id
-from tests.conftest import Stack
-from tests.helpers import insert_job, job_body, wait_terminal
-from tests.webhook_receiver import Answer, Receiver, wait_until, webhook_receiver
+from tests.support.helpers import insert_job, job_body, wait_terminal
+from tests.support.live import Stack
+from tests.support.waiting import wait_until
+from tests.support.webhook_receiver import Answer, Receiver, webhook_receiver
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from diffusers import DPMSolverSDEScheduler, StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
 from common.schedulers import SCHEDULER_NAMES
-from tests.worker import requests
+from tests.support import worker_requests as requests
 from worker import pipeline as pipeline_module
 from worker.pipeline import (
     GenerationRequest,

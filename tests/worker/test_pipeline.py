@@ -16,8 +16,8 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image
 
 from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
-from tests.loopback_http import silent_server
-from tests.worker.requests import make_request
+from tests.support.loopback_http import silent_server
+from tests.support.worker_requests import make_request
 from worker import pipeline as pipeline_module
 from worker.pipeline import (
     ModelLoadError,

@@ -13,7 +13,7 @@ import pytest
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
-from tests.worker.requests import make_request
+from tests.support.worker_requests import make_request
 from worker import tuning
 from worker.pipeline import generate, load_pipeline
 from worker.recycle import Recycler

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +15,7 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from tests.loopback_http import serving
+from tests.support.loopback_http import serving
 
 
 @dataclass(frozen=True)
@@ -121,14 +121,3 @@ def webhook_receiver() -> Iterator[Receiver]:
     state["receiver"] = receiver
     with serving(httpd):
         yield receiver
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-    """Poll until `condition()` is truthy; returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"still not {what} after {timeout}s"
-        time.sleep(0.1)

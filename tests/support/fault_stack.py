@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from devstack.process import (
     stop_pidfile,
 )
 from devstack.stack import purge_state, start_services
-from tests.conftest import ROOT, Stack
+from tests.support.live import ROOT, Stack
 
 FAST_RECOVERY = {
     "LEASE_SECONDS": "3",  # heartbeat every second
@@ -46,15 +46,6 @@ FAST_RECOVERY = {
     "DEFAULT_RATE_LIMIT_PER_MINUTE": "1000000",
     "DEFAULT_MAX_JOBS_IN_FLIGHT": "1000000",
 }
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 180) -> float:
-    """Poll `condition` until true; returns the seconds it took (for docs, not asserts)."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"still not {what} after {timeout}s"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @dataclass

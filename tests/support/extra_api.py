@@ -32,7 +32,7 @@ from devstack.process import (
     pidfile_process_alive,
     stop_pidfile,
 )
-from tests.conftest import Stack
+from tests.support.live import Stack
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from celery import Celery
 
 from common.tasks import get_celery
-from tests.test_limits import wait_until
+from tests.support.waiting import wait_until
 
 
 def gpu_workers(app: Celery) -> list[str]:

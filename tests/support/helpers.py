@@ -66,11 +66,26 @@ def insert_job(
     queue: str = HELD_POOL,
     **params: Any,
 ) -> uuid.UUID:
-    """A job row written straight to PostgreSQL, with no debit, in a worker pool that no
-    worker serves (unless `queue` says otherwise): the test decides what happens to it
-    (tests.extra_api.run_on_the_workers lets the live worker run it). `params` add to
-    (or replace) the defaults."""
-    job_id = uuid.uuid4()
+    """A job row written straight to PostgreSQL and committed, with no debit, in a worker
+    pool that no worker serves (unless `queue` says otherwise): the test decides what
+    happens to it (tests.support.extra_api.run_on_the_workers lets the live worker run
+    it). `params` add to (or replace) the defaults."""
+    job = job_row(account_id, status, cost=cost, input_key=input_key, queue=queue, **params)
+    with session_scope() as session:
+        session.add(job)
+    return job.id
+
+
+def job_row(
+    account_id: str | uuid.UUID,
+    status: JobStatus,
+    *,
+    cost: int = 0,
+    input_key: str = "inputs/none.png",
+    queue: str = HELD_POOL,
+    **params: Any,
+) -> Job:
+    """The row `insert_job` writes, for a session of the test's own to add."""
     defaults = {
         "prompt": "p",
         "negative_prompt": None,
@@ -80,24 +95,20 @@ def insert_job(
         "strength": 0.5,
         "scheduler": "Euler",
     }
-    with session_scope() as session:
-        session.add(
-            Job(
-                id=job_id,
-                account_id=uuid.UUID(account_id),
-                status=status,
-                queue=queue,
-                params={**defaults, **params},
-                seed=1,
-                cost=cost,
-                input_key=input_key,
-                output_keys=[],
-                metrics={},
-                error="made by the test" if status == JobStatus.FAILED else None,
-                started_at=None if status == JobStatus.QUEUED else func.now(),
-            )
-        )
-    return job_id
+    return Job(
+        id=uuid.uuid4(),
+        account_id=uuid.UUID(str(account_id)),
+        status=status,
+        queue=queue,
+        params={**defaults, **params},
+        seed=1,
+        cost=cost,
+        input_key=input_key,
+        output_keys=[],
+        metrics={},
+        error="made by the test" if status == JobStatus.FAILED else None,
+        started_at=None if status == JobStatus.QUEUED else func.now(),
+    )
 
 
 def insert_account(name: str = "test") -> uuid.UUID:
