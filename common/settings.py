@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # notification was lost.
     sync_wait_timeout_seconds: float = Field(default=300, gt=0, le=3600)
     sync_wait_recheck_seconds: float = Field(default=5, gt=0, le=300)
+    # Event streams: a `: keepalive` comment after this long without an event, so that
+    # proxies (and their idle timeouts, often 30-60 s) keep a quiet stream open.
+    events_keepalive_seconds: float = Field(default=15, gt=0, le=300)
 
     # --- worker ---------------------------------------------------------------------
     model_id: str = "segmind/SSD-1B"

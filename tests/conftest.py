@@ -48,6 +48,9 @@ def services_env(
         env["WEBHOOK_TIMEOUT_SECONDS"] = "5"
         # A failing endpoint pauses for seconds, not a minute (tests/test_webhook_fairness.py).
         env["WEBHOOK_PAUSE_SECONDS"] = "2"
+        # A quiet event stream says `: keepalive` after 1 s instead of 15
+        # (tests/test_progress_events.py).
+        env["EVENTS_KEEPALIVE_SECONDS"] = "1"
         stack.migrate(env)
         # In-process code (direct database checks) reads the same settings.
         os.environ.update(env)

@@ -336,6 +336,50 @@ def test_redis_down_at_submit_the_job_is_accepted_and_run(
     measured("redis down: redis back -> job completed", done - back)
 
 
+def test_redis_lost_mid_job_the_job_finishes_and_the_rate_limit_comes_back(
+    faults: FaultStack, account: tuple[str, str]
+) -> None:
+    """Redis holds the live progress and the rate-limit counters, PostgreSQL the job: a
+    job running when Redis goes away finishes; its status answers without `step`; the
+    limit fails open meanwhile and counts again once Redis is back."""
+    account_id, key = account
+    limit = 20
+    with faults.admin() as admin:
+        response = admin.patch(
+            f"/accounts/{account_id}/limits", json={"rate_limit_per_minute": limit}
+        )
+        assert response.status_code == 200, response.text
+    port = int(faults.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    worker = faults.start_worker("gpu-redis-lost")
+    job_id = faults.submit(key, slow_body())
+    wait_status(faults, job_id, JobStatus.PROCESSING, JobStatus.COMPLETED)
+    with faults.client(key) as client:
+        url = f"/v2/requests/{job_id}/status"
+        redis_service.stop_redis(faults.state_dir)
+        try:
+            assert faults.job(job_id).status == JobStatus.PROCESSING  # lost mid-job
+            for _ in range(limit + 5):  # past the limit: it fails open
+                during = client.get(url)
+                assert during.status_code == 200, during.text
+                assert during.json()["status"] in ("PROCESSING", "COMPLETED")
+                assert during.json().get("step") is None  # the progress lives in Redis
+            wait_status(faults, job_id, JobStatus.COMPLETED, JobStatus.FAILED, timeout=120)
+        finally:
+            redis_service.start_redis(faults.state_dir, port=port)
+        job = faults.job(job_id)
+        assert job.status == JobStatus.COMPLETED, job.error
+        assert job.attempts == 1
+        assert worker.alive
+        charged_once(faults, account_id, [SLOW_STEPS])
+
+        def refused() -> bool:
+            return client.get(url).status_code == 429
+
+        # Counted again (after the limiter's back-off): within the limit, then 429.
+        wait_until(refused, "a 429 once Redis is back", timeout=60)
+        assert client.get(url).headers.get("retry-after") is not None
+
+
 # --- Redis loses every message --------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from common import progress as progress_store
 from common.db import session_scope
 from common.models import Job, JobStatus
 from common.settings import get_settings
-from tests.support.helpers import TERMINAL, image_b64, job_body, wait_terminal
+from tests.support.helpers import TERMINAL, image_b64, insert_job, job_body, wait_terminal
 from tests.support.live import Stack
 from tests.support.pausing import gpu_workers_paused
 from tests.support.reads import load_job
@@ -252,3 +252,22 @@ def _drive_step_monitor(job_id: uuid.UUID, account_id: uuid.UUID) -> None:
         assert job is not None
         assert job.status == JobStatus.CANCELLED
     progress_store.clear(job_id)
+
+
+def test_a_quiet_stream_says_keepalive_and_nothing_else(live_stack: Stack) -> None:
+    """A job that stays QUEUED (in a pool no worker serves): after its `status` event
+    the stream sends `: keepalive` comments (EVENTS_KEEPALIVE_SECONDS, 1 s here) and no
+    event, counted from the last thing sent."""
+    account_id, key = live_stack.create_account()
+    job_id = insert_job(account_id, JobStatus.QUEUED)
+    with live_stack.client(key) as client:
+        log = stream_in_thread(client, f"/v2/requests/{job_id}/events")
+        wait_until(lambda: log.comments.count("keepalive") >= 3, "three keepalives", 30)
+        assert log.status_code == 200
+        assert log.names() == ["status"]
+        assert log.events[0].data["status"] == "QUEUED"
+        assert not log.closed.is_set()
+        # Its end still arrives (and leaves no QUEUED job behind in the shared pool).
+        assert client.post(f"/v2/requests/{job_id}/cancel").status_code == 200
+        assert log.closed.wait(30)
+    assert log.names() == ["status", "cancelled"]

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from common import account_admin, accounts, credits, jobs, status_read
 from common.db import session_scope
 from common.models import Account, AccountStatus, JobStatus, LedgerReason
+from common.refusals import Conflict
 from tests.support.db import rolled_back_session
 from tests.support.helpers import job_row
 
@@ -115,3 +116,28 @@ def test_the_status_read_answers_only_for_the_keys_own_jobs(db: Session) -> None
     assert found.queue_position == 0  # alone in its account's line: next
     nothing = status_read.read(conn, my_key, other.id)  # another tenant's job: no such job
     assert nothing is not None and nothing.job is None and nothing.queue_position is None
+
+
+def test_a_cancel_after_the_last_step_loses_to_the_completion_and_stays_charged(
+    db: Session,
+) -> None:
+    """The worker checks a cancel request between denoising steps only: one arriving
+    after the last step leaves the job to complete, charged, and the refunding end
+    (`finish_cancelled`) can no longer happen. The owner's later cancel is a 409."""
+    account, _ = _account(db, credits_=100)
+    job = job_row(account.id, JobStatus.PROCESSING, cost=20)
+    job.lease_owner = "worker-1"
+    db.add(job)
+    db.flush()
+    credits.debit_for_job(db, account.id, job.id, 20)
+
+    assert jobs.cancel(db, job.id, account.id)[1] is False  # requested, not ended
+    assert jobs.complete(db, job.id, ["out/0.jpg"], {}, lease_owner="worker-1")
+    assert jobs.finish_cancelled(db, job.id, lease_owner="worker-1") is None
+    db.expire_all()
+    done = jobs.get_job(db, job.id)
+    assert done is not None and done.status == JobStatus.COMPLETED
+    assert done.cancel_requested_at is not None  # asked, too late
+    assert credits.balance_of(db, account.id) == 80
+    with pytest.raises(Conflict, match="only QUEUED and PROCESSING"):
+        jobs.cancel(db, job.id, account.id)

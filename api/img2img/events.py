@@ -11,10 +11,10 @@ Events (each `data:` is one JSON object):
 - `error`: `{"error", "status"}` (401 or 403) when the stream's API key is revoked or its
   account suspended while it is open; then the stream ends (the job itself goes on).
 
-A comment line (`: keepalive`) every `HEARTBEAT_SECONDS` keeps proxies from closing an
-idle stream. The stream holds no database connection and no thread while it waits: it
-sleeps on its inbox in the process's `JobEventHub` (api/job_events.py) and reads the job
-from PostgreSQL only when its state changed.
+A comment line (`: keepalive`) after `EVENTS_KEEPALIVE_SECONDS` without an event keeps
+proxies from closing an idle stream. The stream holds no database connection and no
+thread while it waits: it sleeps on its inbox in the process's `JobEventHub`
+(api/job_events.py) and reads the job from PostgreSQL only when its state changed.
 """
 
 from __future__ import annotations
@@ -49,13 +49,11 @@ from common.storage import Storage
 
 router = APIRouter(tags=["ssd-img2img"])
 
-HEARTBEAT_SECONDS = 15.0
-
 _DESCRIPTION = """Server-sent events (`text/event-stream`) of one request until it ends:
 `status` (QUEUED with `queue_position`, PROCESSING), `progress` (`step`, `total_steps`,
 `progress`, `eta_seconds`), then one of `completed`, `failed`, `cancelled` carrying the
 result body of `GET /v2/requests/{id}`, and the stream closes. `: keepalive` comments
-every 15 s."""
+after 15 s without an event (EVENTS_KEEPALIVE_SECONDS)."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +227,9 @@ def _progress_fields(status: dict[str, Any]) -> dict[str, Any]:
     return {name: status.get(name) for name in names}
 
 
-async def _run(stream: _Stream, hub: JobEventHub, slot: Slot) -> AsyncIterator[str]:
+async def _run(
+    stream: _Stream, hub: JobEventHub, slot: Slot, keepalive_seconds: float
+) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     # Registered before the first read: nothing after it goes unseen.
     with slot, hub.register(stream.job_id, stream.key_id) as inbox:
@@ -239,7 +239,7 @@ async def _run(stream: _Stream, hub: JobEventHub, slot: Slot) -> AsyncIterator[s
         while not stream.done:
             # Counted from the last thing sent, not the last wake-up: the sweeper wakes
             # every stream every few seconds, mostly with nothing to say.
-            wait = last_sent + HEARTBEAT_SECONDS - loop.time()
+            wait = last_sent + keepalive_seconds - loop.time()
             if wait <= 0:
                 last_sent = loop.time()
                 yield ": keepalive\n\n"
@@ -284,7 +284,7 @@ async def stream_events(
     # The stream's end releases the slot; this, a response dropped before it streamed.
     weakref.finalize(stream, slot.release)
     return StreamingResponse(
-        _run(stream, job_events(request.app), slot),
+        _run(stream, job_events(request.app), slot, settings.events_keepalive_seconds),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
