@@ -356,6 +356,9 @@ def main() -> None:
     parser.add_argument(
         "--max-batch-images", type=int, default=1, help="the worker's MAX_BATCH_IMAGES"
     )
+    parser.add_argument(
+        "--worker-only", action="store_true", help="only the worker and queue-overhead rows"
+    )
     args = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="service-floor-"))
@@ -375,18 +378,21 @@ def main() -> None:
         stack.ensure_tiny_model(model)
         _, key = _account(10**9)
 
-        held = {**env, "GPU_QUEUE": HELD_QUEUE}
-        stack.start_api(state, held, api_port)
-        floor_url = f"http://127.0.0.1:{floor_port}"
-        _start_floor(state, {**held, "PUBLIC_BASE_URL": floor_url}, floor_port)
-        _wait_up(api_port)
-        _wait_up(floor_port)
-        api_pid = read_pidfile(pidfile_path(state, stack.API))
-        assert api_pid is not None
-        rows = asyncio.run(_throughput(api_port, floor_port, key, args.seconds, args.rounds))
-        rss = _rss_mib(api_pid)
-        stop_pidfile(pidfile_path(state, stack.API), timeout=30)
-        stop_pidfile(pidfile_path(state, FLOOR), timeout=30)
+        rows: list[Row] = []
+        rss = 0
+        if not args.worker_only:
+            held = {**env, "GPU_QUEUE": HELD_QUEUE}
+            stack.start_api(state, held, api_port)
+            floor_url = f"http://127.0.0.1:{floor_port}"
+            _start_floor(state, {**held, "PUBLIC_BASE_URL": floor_url}, floor_port)
+            _wait_up(api_port)
+            _wait_up(floor_port)
+            api_pid = read_pidfile(pidfile_path(state, stack.API))
+            assert api_pid is not None
+            rows = asyncio.run(_throughput(api_port, floor_port, key, args.seconds, args.rounds))
+            rss = _rss_mib(api_pid)
+            stop_pidfile(pidfile_path(state, stack.API), timeout=30)
+            stop_pidfile(pidfile_path(state, FLOOR), timeout=30)
 
         stack.start_api(state, env, api_port)
         ready = stack.start_worker(state, env)
@@ -423,7 +429,8 @@ def main() -> None:
             f"({len(overheads)}) | p50 {statistics.median(overheads):.1f} ms, "
             f"p99 {_pct(overheads, 0.99):.1f} ms | – | – |"
         )
-        print(f"| API process RSS after the throughput load | {rss} MB | – | – |")
+        if rows:
+            print(f"| API process RSS after the throughput load | {rss} MB | – | – |")
     finally:
         stack.down(state)
         stop_pidfile(pidfile_path(state, FLOOR), timeout=10)

@@ -1,5 +1,6 @@
 """What the CLI's command groups share: one transaction per command with the
-services' refusals as CLI errors, and `--json` output of the API's own schemas."""
+services' refusals as CLI errors, and `--json` output in the shapes the admin API answers
+(common/account_views.py, common/webhooks/views.py)."""
 
 from __future__ import annotations
 

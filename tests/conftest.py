@@ -10,6 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
+# One torch thread in every process of the suite (this one, and the workers and tools
+# it starts, which inherit it: worker/tuning.py torch_threads): the tiny model's kernels
+# are microseconds long, and with several processes sharing two cores, a thread pool
+# per process spins against the others (a tiny job then takes minutes, not seconds).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from cli import stack
 from devstack.ports import free_port
 from devstack.stack import purge_state, start_services

@@ -4,13 +4,10 @@ database, checked through the HTTP API it governs."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 from tests.support.admin import MISSING, me
-from tests.support.live import ROOT, Stack
+from tests.support.live import CliResult, Stack
 
 
 def cli_json(live_stack: Stack, group: str, command: str, *args: str) -> Any:
@@ -18,17 +15,24 @@ def cli_json(live_stack: Stack, group: str, command: str, *args: str) -> Any:
     return json.loads(live_stack.cli(group, command, "--json", *args))
 
 
-def cli_fails(live_stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        env={**os.environ, **live_stack.env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode != 0, result.stdout
+def cli_fails(live_stack: Stack, *args: str) -> CliResult:
+    result = live_stack.run_cli(*args)
+    assert result.exit_code != 0, result.stdout
     return result
+
+
+def test_the_installed_command_runs_as_a_process_and_refuses_with_status_1(
+    live_stack: Stack,
+) -> None:
+    """The other tests run the commands in-process (Stack.run_cli); this one the real
+    process, as an operator does: its output, and a refusal's exit status and message."""
+    account_id, _ = live_stack.create_account(credits=7, name="cli-process")
+    shown = live_stack.cli_process("accounts", "show", account_id, "--json")
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["balance"] == 7
+    refused = live_stack.cli_process("accounts", "show", MISSING)
+    assert refused.exit_code == 1
+    assert "not found" in refused.stderr
 
 
 def test_show_list_and_credits(live_stack: Stack) -> None:

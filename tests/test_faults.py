@@ -30,7 +30,7 @@ from devstack import postgres, s3
 from devstack import redis as redis_service
 from devstack.ports import free_port
 from devstack.process import is_running, pidfile_path, stop_pidfile
-from tests.support.fault_stack import FaultStack, fault_stack
+from tests.support.fault_stack import STEADY, FaultStack, Worker, fault_stack
 from tests.support.helpers import image_b64, job_body
 from tests.support.waiting import wait_until
 from tests.support.webhook_receiver import Receiver, webhook_receiver
@@ -75,7 +75,19 @@ def faults(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> It
 @pytest.fixture
 def account(faults: FaultStack) -> Iterator[tuple[str, str]]:
     yield faults.create_account(CREDITS, name="faults")
-    faults.stop_workers()  # each test starts the workers it needs
+    faults.stop_workers(keep=STEADY)  # each test starts the workers it needs
+
+
+@pytest.fixture
+def steady(faults: FaultStack) -> Worker:
+    """A plain worker, kept up from one test that asks for it to the next."""
+    return faults.steady_worker()
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_but_the_tests_own(request: pytest.FixtureRequest, faults: FaultStack) -> None:
+    if "steady" not in request.fixturenames:
+        faults.stop_workers()
 
 
 @pytest.fixture
@@ -126,7 +138,9 @@ def test_sigkill_mid_job_completes_on_another_worker_charged_once(
     faults: FaultStack, account: tuple[str, str], receiver: Receiver
 ) -> None:
     account_id, key = account
-    workers = [faults.start_worker("gpu-kill-1"), faults.start_worker("gpu-kill-2")]
+    workers = [faults.start_worker(f"gpu-kill-{i}", wait=False) for i in (1, 2)]
+    for worker in workers:  # loaded side by side
+        worker.wait_ready()
     job_id = faults.submit(
         key, slow_body(webhook_url=receiver.url("/kill"), webhook_events_filter=["completed"])
     )
@@ -177,20 +191,26 @@ def test_job_that_kills_every_worker_fails_after_max_attempts_refunded_once(
 ) -> None:
     """WORKER_TEST_CRASH_PROMPT (worker/fault_hooks.py, test-only): the worker SIGKILLs
     itself on claiming a job with this prompt, as on a job that crashes the GPU driver.
-    The test plays the supervisor: it restarts every worker that dies."""
+    The test plays the supervisor of two workers: it restarts every worker that dies,
+    while the other one, already up, takes the job back once the lease expires."""
     _, key = account
     sentinel = f"crash-{uuid.uuid4().hex[:8]}"
     crash_env = {"WORKER_TEST_CRASH_PROMPT": sentinel}
+    workers = [faults.start_worker(f"gpu-crash-{i}", False, crash_env) for i in range(2)]
+    for worker in workers:
+        worker.wait_ready()
     job_id = faults.submit(key, quick_body(prompt=sentinel))
     started = time.monotonic()
     deaths = 0
-    worker = faults.start_worker("gpu-crash-0", extra_env=crash_env)
     while not status_of(faults, job_id).is_terminal:
-        if not worker.alive:
-            assert worker.wait_exit() == -signal.SIGKILL
-            deaths += 1
-            assert deaths <= 3, "the job was run again after MAX_ATTEMPTS"
-            worker = faults.start_worker(f"gpu-crash-{deaths}", extra_env=crash_env)
+        for i, worker in enumerate(workers):
+            if not worker.alive:
+                assert worker.wait_exit() == -signal.SIGKILL
+                deaths += 1
+                assert deaths <= 3, "the job was run again after MAX_ATTEMPTS"
+                workers[i] = faults.start_worker(
+                    f"gpu-crash-{deaths + 1}", wait=False, extra_env=crash_env
+                )
         time.sleep(0.1)
     failed = time.monotonic()
 
@@ -210,10 +230,9 @@ def test_job_that_kills_every_worker_fails_after_max_attempts_refunded_once(
 
 
 def test_postgres_restart_during_a_burst_of_submits_no_500_every_accepted_job_completes(
-    faults: FaultStack, account: tuple[str, str]
+    faults: FaultStack, account: tuple[str, str], steady: Worker
 ) -> None:
     account_id, key = account
-    faults.start_worker("gpu-pg")
     port = int(faults.env["DATABASE_URL"].rsplit(":", 1)[1].split("/")[0])
     answers: list[httpx.Response] = []
     broken: list[Exception] = []  # a connection error or timeout fails the test too
@@ -276,41 +295,11 @@ def test_postgres_restart_during_a_burst_of_submits_no_500_every_accepted_job_co
     measured(f"postgres restart: start -> all {total} jobs completed", done - restarted)
 
 
-def test_storage_down_when_a_worker_runs_the_job_fails_it_cleanly_refunded(
-    faults: FaultStack, account: tuple[str, str]
-) -> None:
-    _, key = account
-    job_id = faults.submit(key, quick_body())  # its input is stored; no worker runs yet
-    port = int(faults.env["S3_ENDPOINT_URL"].rsplit(":", 1)[1])
-    s3.stop_s3(faults.state_dir)
-    try:
-        worker = faults.start_worker("gpu-s3")
-        took = wait_status(faults, job_id, JobStatus.FAILED, JobStatus.COMPLETED)
-    finally:
-        s3.start_s3(
-            faults.state_dir,
-            port=port,
-            access_key=faults.env["S3_ACCESS_KEY_ID"],
-            secret_key=faults.env["S3_SECRET_ACCESS_KEY"],
-            bucket=faults.env["S3_BUCKET"],
-        )
-    job = faults.job(job_id)
-    assert job.status == JobStatus.FAILED
-    assert (job.error or "").startswith("object storage failed")
-    failed_and_refunded_once(faults, account, job_id)
-    # Storage is back: the same worker runs the next job.
-    assert worker.alive
-    other = faults.submit(key, quick_body())
-    wait_status(faults, other, JobStatus.COMPLETED)
-    measured("storage down: worker ready -> job FAILED and refunded", took)
-
-
 def test_redis_down_at_submit_the_job_is_accepted_and_run(
-    faults: FaultStack, account: tuple[str, str]
+    faults: FaultStack, account: tuple[str, str], steady: Worker
 ) -> None:
     account_id, key = account
     port = int(faults.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
-    faults.start_worker("gpu-redis")
     redis_service.stop_redis(faults.state_dir)
     try:
         asked = time.monotonic()
@@ -337,7 +326,7 @@ def test_redis_down_at_submit_the_job_is_accepted_and_run(
 
 
 def test_redis_lost_mid_job_the_job_finishes_and_the_rate_limit_comes_back(
-    faults: FaultStack, account: tuple[str, str]
+    faults: FaultStack, account: tuple[str, str], steady: Worker
 ) -> None:
     """Redis holds the live progress and the rate-limit counters, PostgreSQL the job: a
     job running when Redis goes away finishes; its status answers without `step`; the
@@ -350,7 +339,7 @@ def test_redis_lost_mid_job_the_job_finishes_and_the_rate_limit_comes_back(
         )
         assert response.status_code == 200, response.text
     port = int(faults.env["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
-    worker = faults.start_worker("gpu-redis-lost")
+    worker = steady
     job_id = faults.submit(key, slow_body())
     wait_status(faults, job_id, JobStatus.PROCESSING, JobStatus.COMPLETED)
     with faults.client(key) as client:
@@ -378,6 +367,35 @@ def test_redis_lost_mid_job_the_job_finishes_and_the_rate_limit_comes_back(
         # Counted again (after the limiter's back-off): within the limit, then 429.
         wait_until(refused, "a 429 once Redis is back", timeout=60)
         assert client.get(url).headers.get("retry-after") is not None
+
+
+def test_storage_down_when_a_worker_runs_the_job_fails_it_cleanly_refunded(
+    faults: FaultStack, account: tuple[str, str]
+) -> None:
+    _, key = account
+    job_id = faults.submit(key, quick_body())  # its input is stored; no worker runs yet
+    port = int(faults.env["S3_ENDPOINT_URL"].rsplit(":", 1)[1])
+    s3.stop_s3(faults.state_dir)
+    try:
+        worker = faults.start_worker("gpu-s3")
+        took = wait_status(faults, job_id, JobStatus.FAILED, JobStatus.COMPLETED)
+    finally:
+        s3.start_s3(
+            faults.state_dir,
+            port=port,
+            access_key=faults.env["S3_ACCESS_KEY_ID"],
+            secret_key=faults.env["S3_SECRET_ACCESS_KEY"],
+            bucket=faults.env["S3_BUCKET"],
+        )
+    job = faults.job(job_id)
+    assert job.status == JobStatus.FAILED
+    assert (job.error or "").startswith("object storage failed")
+    failed_and_refunded_once(faults, account, job_id)
+    # Storage is back: the same worker runs the next job.
+    assert worker.alive
+    other = faults.submit(key, quick_body())
+    wait_status(faults, other, JobStatus.COMPLETED)
+    measured("storage down: worker ready -> job FAILED and refunded", took)
 
 
 # --- Redis loses every message --------------------------------------------------------
@@ -423,6 +441,8 @@ def test_sigterm_busy_worker_finishes_its_job_and_takes_no_new_one(
     waiting = faults.submit(key, quick_body())
     worker.signal(signal.SIGTERM)
     asked = time.monotonic()
+    # The supervisor's replacement starts at once (it loads while the old one finishes).
+    following = faults.start_worker("gpu-term-next", wait=False)
     assert worker.wait_exit() == 0  # a clean exit, after the job
     exited = time.monotonic()
 
@@ -430,13 +450,13 @@ def test_sigterm_busy_worker_finishes_its_job_and_takes_no_new_one(
     assert job.status == JobStatus.COMPLETED, job.error
     assert job.attempts == 1
     assert "Warm shutdown" in worker.log() or "warm shutdown" in worker.log().lower()
-    queued = faults.job(waiting)
-    assert queued.status == JobStatus.QUEUED
-    assert queued.attempts == 0  # never claimed by the stopping worker
 
-    faults.start_worker("gpu-term-next")  # its message was kept: the next worker runs it
+    # Its message was kept: the next worker runs it, and it was claimed only by that one
+    # (never by the stopping worker).
     wait_status(faults, waiting, JobStatus.COMPLETED)
-    assert faults.job(waiting).attempts == 1
+    queued = faults.job(waiting)
+    assert queued.attempts == 1
+    assert f":{following.pid}/" in (queued.lease_owner or "")
     charged_once(faults, account_id, [SLOW_STEPS, 20])
     measured("sigterm worker: signal -> exit (job finished)", exited - asked)
 

@@ -2,8 +2,10 @@
 its own: which jobs it takes back, fails, cancels and sends again, what it leaves
 alone, the messages it sends, and that concurrent runs share the work.
 
-Time is simulated by back-dating rows; the queue is one no worker consumes, on the
-shared Redis. The end-to-end behaviour with real workers is in tests/test_faults.py.
+Time is simulated by back-dating rows, with margins of minutes on each side of every
+deadline, so that a slow machine (a CLI process can take seconds to start under load)
+never moves a job across one; the queue is one no worker consumes, on the shared Redis.
+The end-to-end behaviour with real workers is in tests/test_faults.py.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tests.support.reads import alembic_config
 COST = 20
 SETTINGS = {
     "MAX_ATTEMPTS": "3",
-    "REDISPATCH_AFTER_SECONDS": "60",  # re-sends wait 60 s, 120 s, 240 s, ...
+    "REDISPATCH_AFTER_SECONDS": "600",  # re-sends wait 600 s, 1200 s, 2400 s, ...
     "BROKER_VISIBILITY_TIMEOUT_SECONDS": "3600",  # jobs claimed without a lease
 }
 
@@ -151,15 +153,15 @@ def test_reconcile_takes_back_fails_cancels_and_resends_exactly_the_due_jobs(
             "expired_cancel_asked": processing(
                 attempts=1, lease_in=-10, cancel_requested_at=ago(20)
             ),
-            "leased": processing(attempts=1, lease_in=60),
+            "leased": processing(attempts=1, lease_in=600),
             # Claimed by a worker without leases (before this version): it counts as
             # leased for the visibility timeout (3600 s here) from its start.
             "unleased_old": processing(attempts=1, lease_in=None, started_at=ago(7200)),
             "unleased_recent": processing(attempts=1, lease_in=None, started_at=ago(600)),
-            "queued_lost": queued(created=120),
+            "queued_lost": queued(created=1200),
             "queued_recent": queued(created=10),
-            "resent_backing_off": queued(created=500, dispatched=100, count=1),  # waits 120
-            "resent_due": queued(created=500, dispatched=130, count=1),
+            "resent_backing_off": queued(created=5000, dispatched=1000, count=1),  # waits 1200
+            "resent_due": queued(created=5000, dispatched=1300, count=1),
             "completed": {"status": JobStatus.COMPLETED, "lease_expires_at": ago(100)},
         },
     )
@@ -233,7 +235,7 @@ def test_concurrent_reconcilers_share_the_work(reconcile_env: dict[str, str]) ->
     count = 120
     _, ids = seed_jobs(
         reconcile_env,
-        {f"lost-{i}": queued(created=300) for i in range(count)}
+        {f"lost-{i}": queued(created=3000) for i in range(count)}
         | {f"dead-{i}": processing(attempts=1, lease_in=-5) for i in range(count)},
     )
     with ThreadPoolExecutor(max_workers=3) as pool:

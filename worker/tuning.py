@@ -37,12 +37,20 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def torch_threads(setting: int, device_type: str, cpus: int | None = None) -> int:
-    """CPU threads for torch's kernels. 0 = automatic: all the CPUs the process may use
-    when the model runs on them; on a GPU, where the CPU only feeds it, at most 4, so
-    that several workers on one host do not oversubscribe its cores."""
+def torch_threads(
+    setting: int, device_type: str, cpus: int | None = None, omp: str | None = None
+) -> int:
+    """CPU threads for torch's kernels. 0 = automatic: OMP_NUM_THREADS when it is set
+    (the usual way to size a process to its CPU share, e.g. a container's CPU limit);
+    else all the CPUs the process may use when the model runs on them, and on a GPU,
+    where the CPU only feeds it, at most 4, so that several workers on one host do not
+    oversubscribe its cores (threads that outnumber the free cores spin against each
+    other: a tiny model's step then takes several times as long)."""
     if setting > 0:
         return setting
+    omp = os.environ.get("OMP_NUM_THREADS") if omp is None else omp
+    if omp and omp.strip().isdigit() and int(omp) > 0:
+        return int(omp)
     available = cpus if cpus is not None else len(os.sched_getaffinity(0))
     return available if device_type == "cpu" else max(1, min(4, available))
 

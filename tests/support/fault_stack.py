@@ -35,6 +35,7 @@ from devstack.process import (
     stop_pidfile,
 )
 from devstack.stack import purge_state, start_services
+from tests.support import reads
 from tests.support.live import ROOT, Stack
 
 FAST_RECOVERY = {
@@ -46,6 +47,10 @@ FAST_RECOVERY = {
     "DEFAULT_RATE_LIMIT_PER_MINUTE": "1000000",
     "DEFAULT_MAX_JOBS_IN_FLIGHT": "1000000",
 }
+
+
+# The worker `steady_worker` keeps up across tests.
+STEADY = "gpu-steady"
 
 
 @dataclass
@@ -98,9 +103,8 @@ class FaultStack(Stack):
         ready = self.state_dir / f"{name}.ready"
         ready.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "worker", "--ready-file", str(ready)]
-        # One torch thread: on a loaded 2-core machine, torch's default thread pool makes
-        # a tiny job take minutes instead of seconds (threads spinning against each other).
-        env = {**os.environ, **self.env, "OMP_NUM_THREADS": "1", **(extra_env or {})}
+        # One torch thread, as every process of the suite (OMP_NUM_THREADS: conftest.py).
+        env = {**os.environ, **self.env, **(extra_env or {})}
         popen = start_process(name, argv, self.state_dir, env=env, cwd=ROOT)
         worker = Worker(name=name, popen=popen, ready_file=ready, log_file=self.log_file(name))
         self.workers.append(worker)
@@ -111,10 +115,22 @@ class FaultStack(Stack):
     def log_file(self, name: str) -> Path:
         return log_path(self.state_dir, name)
 
-    def stop_workers(self) -> None:
+    def stop_workers(self, keep: str | None = None) -> None:
+        """Stop every GPU worker (but the one named `keep`, if it is still up)."""
+        kept = [w for w in self.workers if w.name == keep and w.alive]
         for worker in self.workers:
-            stop_pidfile(pidfile_path(self.state_dir, worker.name), timeout=60)
-        self.workers.clear()
+            if worker not in kept:
+                stop_pidfile(pidfile_path(self.state_dir, worker.name), timeout=60)
+        self.workers[:] = kept
+
+    def steady_worker(self) -> Worker:
+        """A plain GPU worker kept from one test to the next while it stays up: a
+        worker's start costs seconds of imports (torch, diffusers), and most outage
+        tests only need one that survives the outage."""
+        for worker in self.workers:
+            if worker.name == STEADY and worker.alive:
+                return worker
+        return self.start_worker(STEADY)
 
     # --- data -----------------------------------------------------------------------------
 
@@ -132,13 +148,8 @@ class FaultStack(Stack):
             return job
 
     def ledger(self, account_id: str) -> list[tuple[LedgerReason, int]]:
-        with session_scope(self.env["DATABASE_URL"]) as session:
-            rows = session.execute(
-                select(CreditLedgerEntry.reason, CreditLedgerEntry.amount)
-                .where(CreditLedgerEntry.account_id == uuid.UUID(account_id))
-                .order_by(CreditLedgerEntry.id)
-            ).all()
-        return [(reason, amount) for reason, amount in rows]
+        condition = CreditLedgerEntry.account_id == uuid.UUID(account_id)
+        return reads.ledger(condition, self.env["DATABASE_URL"])
 
     def count_jobs(self, *conditions: Any) -> int:
         with session_scope(self.env["DATABASE_URL"]) as session:

@@ -14,6 +14,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
 class Stack:
     state_dir: Path
     env: dict[str, str]
@@ -24,6 +31,27 @@ class Stack:
 
     def cli(self, *args: str) -> str:
         """Run `ssd-img2img ARGS` against this stack; returns stdout."""
+        result = self.run_cli(*args)
+        assert result.exit_code == 0, result.stderr
+        return result.stdout
+
+    def run_cli(self, *args: str) -> CliResult:
+        """`ssd-img2img ARGS` in this process, through click's test runner: the same
+        commands, options and exit statuses, without the seconds of imports a new
+        process costs on a small machine (`cli_process` runs the installed one). Only
+        against the stack whose settings this process uses (its database, its Redis)."""
+        from click.testing import CliRunner
+
+        from cli.main import main
+
+        assert os.environ.get("DATABASE_URL") == self.env["DATABASE_URL"], "another stack"
+        result = CliRunner().invoke(main, list(args), env=self.env)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    def cli_process(self, *args: str) -> CliResult:
+        """`ssd-img2img ARGS` as a process of its own, as an operator runs it."""
         result = subprocess.run(
             [sys.executable, "-m", "cli.main", *args],
             env={**os.environ, **self.env},
@@ -32,8 +60,7 @@ class Stack:
             text=True,
             check=False,
         )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+        return CliResult(result.returncode, result.stdout, result.stderr)
 
     def create_account(self, credits: int = 1000, name: str = "test") -> tuple[str, str]:
         """A new account, made through the admin API (a CLI process would cost a second

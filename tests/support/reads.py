@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 from alembic.config import Config
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from common.db import session_scope
 from common.models import Account, CreditLedgerEntry, Job, LedgerReason
@@ -38,10 +38,18 @@ def load_job(job_id: str) -> Job:
 
 
 def ledger_of(job_id: str) -> list[tuple[LedgerReason, int]]:
-    with session_scope() as session:
+    return ledger(CreditLedgerEntry.job_id == uuid.UUID(job_id))
+
+
+def ledger(
+    condition: ColumnElement[bool], url: str | None = None
+) -> list[tuple[LedgerReason, int]]:
+    """(reason, amount) of the ledger entries matching `condition`, oldest first; in
+    the database at `url` (a stack of a test's own) or this process's."""
+    with session_scope(url) as session:
         rows = session.execute(
             select(CreditLedgerEntry.reason, CreditLedgerEntry.amount)
-            .where(CreditLedgerEntry.job_id == uuid.UUID(job_id))
+            .where(condition)
             .order_by(CreditLedgerEntry.id)
         ).all()
     return [(reason, amount) for reason, amount in rows]
