@@ -42,17 +42,20 @@ def torch_threads(
 ) -> int:
     """CPU threads for torch's kernels. 0 = automatic: OMP_NUM_THREADS when it is set
     (the usual way to size a process to its CPU share, e.g. a container's CPU limit);
-    else all the CPUs the process may use when the model runs on them, and on a GPU,
-    where the CPU only feeds it, at most 4, so that several workers on one host do not
-    oversubscribe its cores (threads that outnumber the free cores spin against each
-    other: a tiny model's step then takes several times as long)."""
+    else, when the model runs on the CPUs, all of them but one, which the worker's own
+    threads need (the recorder encodes and uploads the last job's images while the next
+    one generates; the prefetcher decodes the next inputs); on a GPU, where the CPU only
+    feeds it, at most 4, so that several workers on one host do not oversubscribe its
+    cores. Threads that outnumber the free cores spin against each other: on the 2-core
+    machine two torch threads made the service 0.32x of a plain loop, one 0.73x
+    (docs/performance.md, "Service path")."""
     if setting > 0:
         return setting
     omp = os.environ.get("OMP_NUM_THREADS") if omp is None else omp
     if omp and omp.strip().isdigit() and int(omp) > 0:
         return int(omp)
     available = cpus if cpus is not None else len(os.sched_getaffinity(0))
-    return available if device_type == "cpu" else max(1, min(4, available))
+    return max(1, available - 1) if device_type == "cpu" else max(1, min(4, available))
 
 
 def optimise(pipe: StableDiffusionXLImg2ImgPipeline, device: torch.device) -> list[str]:

@@ -41,7 +41,9 @@ def test_sizes_threads_and_warm_up_choices() -> None:
     for bad in ("1024", "1020x1024", "32x32", "axb"):
         with pytest.raises(ValueError, match=bad):
             tuning.parse_size(bad)
-    assert tuning.torch_threads(0, "cpu", cpus=8, omp="") == 8  # the model runs on them all
+    assert tuning.torch_threads(0, "cpu", cpus=8, omp="") == 7  # one left for its I/O threads
+    assert tuning.torch_threads(0, "cpu", cpus=2, omp="") == 1
+    assert tuning.torch_threads(0, "cpu", cpus=1, omp="") == 1
     assert tuning.torch_threads(0, "cuda", cpus=16, omp="") == 4  # they only feed the GPU
     assert tuning.torch_threads(0, "cuda", cpus=2, omp="") == 2
     assert tuning.torch_threads(3, "cuda", cpus=16, omp="") == 3
@@ -49,7 +51,7 @@ def test_sizes_threads_and_warm_up_choices() -> None:
     assert tuning.torch_threads(0, "cpu", cpus=8, omp="3") == 3
     # ... but not an explicit TORCH_THREADS, and a value that is no count is ignored.
     assert tuning.torch_threads(2, "cpu", cpus=8, omp="3") == 2
-    assert tuning.torch_threads(0, "cpu", cpus=8, omp="auto") == 8
+    assert tuning.torch_threads(0, "cpu", cpus=8, omp="auto") == 7
     buckets = [(1024, 1024), (512, 512)]
     assert tuning.warmup_sizes("auto", "cuda", buckets) == buckets
     assert tuning.warmup_sizes("auto", "cpu", buckets) == [(64, 64)]
