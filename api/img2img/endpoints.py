@@ -96,10 +96,10 @@ def _status(
         job_id = uuid.UUID(request_id)
     except ValueError:
         job_id = None  # names nothing: 404, once the key is checked and counted
-    # One pooled connection, in autocommit (reads only: no BEGIN/ROLLBACK round trips),
-    # given back before the rate limiter's Redis round trip.
     if not raw_key:
         raise ApiError(401, MISSING_KEY)
+    # One pooled connection, in autocommit (reads only: no BEGIN/ROLLBACK round trips),
+    # given back before the rate limiter's Redis round trip.
     with autocommit_connection() as conn:
         found = status_read.read(conn, raw_key, job_id)  # scoped to the key's account
         if found is None:
