@@ -174,10 +174,17 @@ def start_process(
         )
     with _children_lock:
         _children[popen.pid] = popen
-    meta = {"pid": popen.pid, "starttime": proc_starttime(popen.pid), "argv": list(argv)}
-    _write_atomic(_meta_path(pidfile), json.dumps(meta))
-    _write_atomic(pidfile, f"{popen.pid}\n")
+    record_pid(pidfile, popen.pid, argv)
     return popen
+
+
+def record_pid(pidfile: Path, pid: int, argv: Sequence[str]) -> None:
+    """Write `pidfile` and its sidecar for a process started some other way (forked by
+    a helper process), so that stop_pidfile() stops it as it stops the ones above."""
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"pid": pid, "starttime": proc_starttime(pid), "argv": list(argv)}
+    _write_atomic(_meta_path(pidfile), json.dumps(meta))
+    _write_atomic(pidfile, f"{pid}\n")
 
 
 def wait_exit(pid: int, timeout: float, interval: float = 0.02) -> bool:

@@ -4,11 +4,7 @@ several compatible ones batched into one pipeline call."""
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,29 +13,21 @@ from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
-from huggingface_hub import constants as hf_constants
 from PIL import Image
 
 from worker import tuning
+from worker.model_source import (
+    HOW_TO_FIX,
+    ModelLoadError,
+    check_model_source,
+    hub_offline,
+    local_folder,
+    looks_like_path,
+    probe_hub,
+)
 from worker.schedulers import SCHEDULERS, UnknownSchedulerError, make_scheduler
 
 logger = logging.getLogger(__name__)
-
-# How long the hub may take to answer one request before we call it unreachable.
-# huggingface_hub 1.x+ uses no timeout at all: against a host that accepts the
-# connection but never answers (a firewall, a dead proxy) from_pretrained hangs
-# forever; with DNS failing it gives up at once.
-HUB_PROBE_TIMEOUT_S = 5.0
-
-_HOW_TO_FIX = (
-    "Set MODEL_ID to a Hugging Face hub id such as segmind/SSD-1B (downloading it needs "
-    "network access; offline, pre-fill the Hugging Face cache and set HF_HUB_OFFLINE=1) "
-    "or to a local diffusers pipeline folder, e.g. one built with "
-    "`ssd-img2img model make-tiny DIR`."
-)
-
-# "name" or "owner/name" as the hub accepts them.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 # Attribute on the pipe holding the model's own scheduler config, so every job's
 # scheduler is built from it and never from the previous job's scheduler.
@@ -59,10 +47,6 @@ logging.getLogger("diffusers.models.modeling_utils").addFilter(_DropEmptyFp32War
 # One generation at a time per process: generate_batch() swaps pipe.scheduler, which
 # concurrent calls on the same pipe would trample.
 _GENERATE_LOCK = threading.Lock()
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says what to set."""
 
 
 @dataclass
@@ -124,21 +108,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return target
 
 
-def _hub_offline() -> bool:
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour a later setting too.
-    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return bool(hf_constants.HF_HUB_OFFLINE) or env.strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _looks_like_path(model_id: str) -> bool:
-    return (
-        model_id.startswith(("/", "./", "../", "~", "."))
-        or "\\" in model_id
-        or model_id.count("/") > 1
-        or not _HUB_ID.match(model_id)
-    )
-
-
 def _from_pretrained(
     source: str, dtype: torch.dtype, variant: str | None, local_files_only: bool
 ) -> StableDiffusionXLImg2ImgPipeline:
@@ -155,42 +124,11 @@ def _from_pretrained(
 def _load_local(
     folder: Path, dtype: torch.dtype, variant: str | None
 ) -> StableDiffusionXLImg2ImgPipeline:
-    if not folder.is_dir():
-        raise ModelLoadError(f"MODEL_ID {str(folder)!r} is not a folder. {_HOW_TO_FIX}")
-    if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(
-            f"{folder} is not a diffusers pipeline folder (it has no model_index.json). "
-            f"{_HOW_TO_FIX}"
-        )
     try:
         return _from_pretrained(str(folder), dtype, variant, local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot load the pipeline in {folder}: {type(exc).__name__}: {exc}. {_HOW_TO_FIX}"
-        ) from exc
-
-
-def probe_hub(model_id: str, timeout_s: float | None = None) -> None:
-    """Fail fast when the hub cannot be reached; any HTTP answer counts as reachable.
-
-    A 401/404 is left for from_pretrained to explain (gated repos need a token,
-    and the hub answers 401 for missing repos to anonymous callers).
-    """
-    if timeout_s is None:
-        timeout_s = HUB_PROBE_TIMEOUT_S
-    url = f"{hf_constants.ENDPOINT.rstrip('/')}/api/models/{model_id}"
-    request = urllib.request.Request(url, method="HEAD")  # noqa: S310 (http(s) endpoint)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s):  # noqa: S310
-            return
-    except urllib.error.HTTPError:
-        return
-    except (OSError, ValueError) as exc:  # URLError, timeouts, refused, DNS
-        reason = getattr(exc, "reason", exc)
-        raise ModelLoadError(
-            f"cannot reach the Hugging Face hub at {hf_constants.ENDPOINT} to fetch "
-            f"{model_id!r} ({reason}; waited at most {timeout_s:g} s), and it is not fully "
-            f"in the local cache. {_HOW_TO_FIX}"
+            f"cannot load the pipeline in {folder}: {type(exc).__name__}: {exc}. {HOW_TO_FIX}"
         ) from exc
 
 
@@ -218,10 +156,10 @@ def _load_hub(
     pipe = attempt(local_files_only=True)
     if pipe is not None:
         return pipe
-    if _hub_offline():
+    if hub_offline():
         raise ModelLoadError(
             f"{model_id!r} is not fully in the Hugging Face cache and HF_HUB_OFFLINE is set, "
-            f"so it cannot be downloaded. {_HOW_TO_FIX}"
+            f"so it cannot be downloaded. {HOW_TO_FIX}"
         )
     probe_hub(model_id)
     pipe = attempt(local_files_only=False)
@@ -229,7 +167,7 @@ def _load_hub(
         return pipe
     hub_errors = "; ".join(errors[len(variants) :])  # the cache misses are expected
     raise ModelLoadError(
-        f"cannot load {model_id!r} from the Hugging Face hub ({hub_errors}). {_HOW_TO_FIX}"
+        f"cannot load {model_id!r} from the Hugging Face hub ({hub_errors}). {HOW_TO_FIX}"
     )
 
 
@@ -265,17 +203,12 @@ def load_pipeline(
     model cannot be loaded.
     """
     model_id = model_id.strip()
-    if not model_id:
-        raise ModelLoadError(f"MODEL_ID is empty. {_HOW_TO_FIX}")
+    check_model_source(model_id)
     target = resolve_device(device)
     dtype = resolve_dtype(dtype_name, target)
 
-    folder = Path(model_id).expanduser()
-    if folder.exists() or _looks_like_path(model_id):
-        if not folder.exists():
-            raise ModelLoadError(
-                f"model folder {model_id!r} ({folder.absolute()}) does not exist. {_HOW_TO_FIX}"
-            )
+    folder = local_folder(model_id)
+    if folder is not None:
         pipe = _load_local(folder, dtype, variant)
     else:
         pipe = _load_hub(model_id, dtype, variant, on_cuda=target.type == "cuda")
@@ -296,7 +229,7 @@ def _load_vae(vae_id: str, dtype: torch.dtype) -> Any:
     from diffusers import AutoencoderKL
 
     folder = Path(vae_id).expanduser()
-    if folder.exists() or _looks_like_path(vae_id):
+    if folder.exists() or looks_like_path(vae_id):
         root = folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
         if not (root / "config.json").is_file():
             raise ModelLoadError(f"VAE_ID {vae_id!r} is not a diffusers AutoencoderKL folder")
@@ -304,7 +237,7 @@ def _load_vae(vae_id: str, dtype: torch.dtype) -> Any:
     try:
         return AutoencoderKL.from_pretrained(vae_id, dtype=dtype, local_files_only=True)
     except Exception as cached_miss:
-        if _hub_offline():
+        if hub_offline():
             raise ModelLoadError(
                 f"VAE_ID {vae_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
             ) from cached_miss

@@ -1,7 +1,8 @@
 """A stack of its own for the fault-injection tests (tests/test_faults.py): its own
 PostgreSQL, Redis and S3, an API, a CPU worker (reconciler every second) and GPU
 workers the tests start, kill and restart at will, so that killing processes and
-flushing Redis never touches the shared `live_stack`.
+flushing Redis never touches the shared `live_stack`. The GPU workers are forked from a
+zygote that imported the worker once (tests/support/worker_zygote.py).
 
 Short intervals (LEASE_SECONDS=3, RECONCILE_INTERVAL_SECONDS=1, ...) make recoveries
 take seconds instead of minutes; every other setting is the production default.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,16 +26,11 @@ from cli import stack
 from common.db import session_scope
 from common.models import CreditLedgerEntry, Job, LedgerReason
 from devstack.ports import free_port
-from devstack.process import (
-    log_path,
-    log_tail,
-    pidfile_path,
-    start_process,
-    stop_pidfile,
-)
+from devstack.process import log_path, log_tail, pidfile_path, record_pid, stop_pidfile
 from devstack.stack import purge_state, start_services
 from tests.support import reads
 from tests.support.live import ROOT, Stack
+from tests.support.worker_zygote import Zygote
 
 FAST_RECOVERY = {
     "LEASE_SECONDS": "3",  # heartbeat every second
@@ -55,32 +49,35 @@ STEADY = "gpu-steady"
 
 @dataclass
 class Worker:
-    name: str
-    popen: subprocess.Popen[bytes]
-    ready_file: Path
-    log_file: Path
+    """A GPU worker forked by the stack's zygote (tests/support/worker_zygote.py)."""
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    name: str
+    pid: int
+    ready_file: Path
+    exit_file: Path
+    log_file: Path
 
     def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():
-            assert self.popen.poll() is None, f"{self.name} exited:\n{self.log()}"
+            assert self.alive, f"{self.name} exited:\n{self.log()}"
             assert time.monotonic() < deadline, f"{self.name} not ready after {timeout}s"
             time.sleep(0.1)
 
     def signal(self, sig: int) -> None:
-        self.popen.send_signal(sig)
+        os.kill(self.pid, sig)
 
     def wait_exit(self, timeout: float = 300) -> int:
         """The exit status; negative: killed by that signal."""
-        return self.popen.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while self.alive:
+            assert time.monotonic() < deadline, f"{self.name} still running after {timeout}s"
+            time.sleep(0.05)
+        return int(self.exit_file.read_text())
 
     @property
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return not self.exit_file.exists()  # written once the zygote reaped it
 
     def log(self) -> str:
         return log_tail(self.log_file, 8000)
@@ -90,6 +87,7 @@ class Worker:
 class FaultStack(Stack):
     """The stack's own helpers (API URL, CLI, accounts, clients), plus its GPU workers."""
 
+    zygote: Zygote | None = None
     workers: list[Worker] = field(default_factory=list)
 
     # --- processes ----------------------------------------------------------------------
@@ -97,16 +95,22 @@ class FaultStack(Stack):
     def start_worker(
         self, name: str, wait: bool = True, extra_env: dict[str, str] | None = None
     ) -> Worker:
-        """A GPU worker process (as `stack.start_worker` starts it, keeping its Popen for
-        the exit status), with `extra_env` on top of the stack's environment; returns
-        once it consumes, unless `wait` is False."""
+        """A GPU worker (`python -m worker`, forked from the zygote, which has imported it
+        already), with `extra_env` on top of the stack's environment; returns once it
+        consumes, unless `wait` is False."""
+        assert self.zygote is not None
         ready = self.state_dir / f"{name}.ready"
+        exit_file = self.state_dir / f"{name}.exit"
         ready.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "worker", "--ready-file", str(ready)]
+        exit_file.unlink(missing_ok=True)
+        argv = ["--ready-file", str(ready)]
         # One torch thread, as every process of the suite (OMP_NUM_THREADS: conftest.py).
         env = {**os.environ, **self.env, **(extra_env or {})}
-        popen = start_process(name, argv, self.state_dir, env=env, cwd=ROOT)
-        worker = Worker(name=name, popen=popen, ready_file=ready, log_file=self.log_file(name))
+        log = self.log_file(name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        pid = self.zygote.fork(argv, env, log, exit_file)
+        record_pid(pidfile_path(self.state_dir, name), pid, ["python", "-m", "worker", *argv])
+        worker = Worker(name=name, pid=pid, ready_file=ready, exit_file=exit_file, log_file=log)
         self.workers.append(worker)
         if wait:
             worker.wait_ready()
@@ -124,9 +128,9 @@ class FaultStack(Stack):
         self.workers[:] = kept
 
     def steady_worker(self) -> Worker:
-        """A plain GPU worker kept from one test to the next while it stays up: a
-        worker's start costs seconds of imports (torch, diffusers), and most outage
-        tests only need one that survives the outage."""
+        """A plain GPU worker kept from one test to the next while it stays up: even
+        forked, a worker loads and warms up its model, and most outage tests only need
+        one that survives the outage."""
         for worker in self.workers:
             if worker.name == STEADY and worker.alive:
                 return worker
@@ -173,9 +177,13 @@ def fault_stack(state_dir: Path, model_dir: Path) -> Iterator[FaultStack]:
         stack.start_api(state_dir, env, port)
         ready = stack.start_background(state_dir, env)
         stack.wait_healthy(state_dir, env["API_URL"], [ready], timeout=180)
-        faults = FaultStack(state_dir=state_dir, env=env)
-        yield faults
-        faults.stop_workers()
+        zygote = Zygote({**os.environ, **env}, ROOT, log_path(state_dir, "worker-zygote"))
+        faults = FaultStack(state_dir=state_dir, env=env, zygote=zygote)
+        try:
+            yield faults
+        finally:
+            faults.stop_workers()
+            zygote.close()
     finally:
         stack.down(state_dir)
         purge_state(state_dir)

@@ -18,6 +18,7 @@ from PIL import Image
 from common.schedulers import DEFAULT_SCHEDULER, SCHEDULER_NAMES
 from tests.support.loopback_http import silent_server
 from tests.support.worker_requests import make_request
+from worker import model_source
 from worker import pipeline as pipeline_module
 from worker.pipeline import (
     ModelLoadError,
@@ -266,7 +267,7 @@ def test_unreachable_hub_fails_fast(monkeypatch: pytest.MonkeyPatch, silent_hub:
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_constants, "ENDPOINT", silent_hub)
-    monkeypatch.setattr(pipeline_module, "HUB_PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(model_source, "HUB_PROBE_TIMEOUT_S", 0.5)
 
     outcome: list[BaseException | None] = []
 
