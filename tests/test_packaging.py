@@ -115,3 +115,29 @@ def test_worker_without_model_stops_with_instructions(tmp_path: Path, model_id: 
     assert result.returncode == 2
     assert "MODEL_ID" in result.stderr
     assert "make-tiny" in result.stderr
+
+
+@pytest.mark.e2e  # starts a Python process
+def test_a_worker_without_model_stops_before_importing_torch(tmp_path: Path) -> None:
+    """The check that MODEL_ID can be found runs first (worker/model_source.py): the
+    15-20 s of CPU that torch and diffusers cost are not spent on a worker that stops."""
+    probe = (
+        "import sys\n"
+        "from worker.__main__ import main\n"
+        "code = main([])\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "MODEL_ID": str(tmp_path / "no-such-model"), "MODEL_DEVICE": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "does not exist" in result.stderr
+    assert result.stdout.strip() == "no torch"
