@@ -35,8 +35,12 @@ down:
 demo: venv
 	$(BIN)/ssd-img2img demo --out out $(if $(MODEL_ID),--model-id "$(MODEL_ID)")
 
+# Two pytest processes (pytest-xdist): the suite waits on its processes as much as it
+# computes (docs/performance.md "CI"). tests/conftest.py groups the tests so that each
+# stack starts in one of them only.
+PYTEST_WORKERS ?= 2
 test: venv
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The unit and database tiers: no process of the service is started (docs/development.md).
 test-fast: venv

@@ -19,14 +19,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from cli import stack
 from devstack.ports import free_port
 from devstack.stack import purge_state, start_services
-from tests.support.db import rolled_back_session
+from tests.support.db import forget_settings, rolled_back_session
 from tests.support.live import Stack
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ssd-img2img model make-tiny`, run in this process: the test modules have imported
+    diffusers already, while the process `stack.ensure_tiny_model` starts spends 15-20 s
+    of CPU importing it again (on each pytest-xdist worker)."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
     path = tmp_path_factory.mktemp("model") / "tiny"
-    stack.ensure_tiny_model(path)
+    result = CliRunner().invoke(main, ["model", "make-tiny", str(path)])
+    assert result.exit_code == 0, result.output
     return path
 
 
@@ -58,8 +66,10 @@ def services_env(
         # (tests/test_progress_events.py).
         env["EVENTS_KEEPALIVE_SECONDS"] = "1"
         stack.migrate(env)
-        # In-process code (direct database checks) reads the same settings.
+        # In-process code (direct database checks) reads the same settings, even where
+        # something read them before (a fault stack's checks, in the same xdist worker).
         os.environ.update(env)
+        forget_settings()
         yield state_dir, env
     finally:
         stack.down(state_dir)
@@ -94,6 +104,7 @@ E2E_FIXTURES = frozenset(
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test gets its tier from what it uses: `e2e` (processes of the service, or
     marked so), else `db` (real PostgreSQL, Redis, S3), else `unit` (no services).
@@ -106,3 +117,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.db)
         else:
             item.add_marker(pytest.mark.unit)
+        # `make test` runs two pytest processes (pytest-xdist, --dist loadgroup): the
+        # tests on the live stack all go to one of them, which alone starts that stack;
+        # any other module runs whole in one process, so that its module-scoped stacks
+        # (tests/test_faults.py) start once.
+        group = "live_stack" if "live_stack" in fixtures else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.e2e
 def test_the_demo_writes_its_input_beside_the_tiny_models_outputs(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    # The tiny model the session built (by the same `ensure_tiny_model`), where the demo
-    # looks for it: building it again would only repeat that.
+    # The tiny model the session built (`model make-tiny`, which `ensure_tiny_model`
+    # runs), where the demo looks for it: building it again would only repeat that.
     shutil.copytree(tiny_model_dir, tmp_path / "stack" / "models" / "tiny")
     outcome = run_demo(tmp_path / "stack", tmp_path / "out", api_port=free_port())
     assert outcome.tiny_model  # the CLI then says the outputs are noise

@@ -1,19 +1,18 @@
 """The reconciler (common/reconcile.py) through `ssd-img2img reconcile`, on a database of
 its own: which jobs it takes back, fails, cancels and sends again, what it leaves
-alone, the messages it sends, and that concurrent runs share the work.
+alone, the messages it sends, and that concurrent runs share the work. The command and
+the service run in this process, with the settings of that database
+(tests/support/db.py `settings_from`).
 
 Time is simulated by back-dating rows, with margins of minutes on each side of every
-deadline, so that a slow machine (a CLI process can take seconds to start under load)
-never moves a job across one; the queue is one no worker consumes, on the shared Redis.
+deadline, so that a slow machine never moves a job across one; the queue is one no
+worker consumes, on the shared Redis.
 The end-to-end behaviour with real workers is in tests/test_faults.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +22,16 @@ from typing import Any
 import pytest
 import redis
 from alembic import command
+from click.testing import CliRunner
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
+from cli.main import main
 from common.db import session_scope
 from common.models import Account, CreditLedgerEntry, Job, JobStatus, LedgerReason
+from common.reconcile import reconcile as reconcile_service
 from common.tasks import MAX_WAKEUPS
-from tests.support.live import ROOT
+from tests.support.db import settings_from
 from tests.support.reads import alembic_config
 
 COST = 20
@@ -53,7 +55,9 @@ def reconcile_env(services_env: tuple[object, dict[str, str]]) -> Iterator[dict[
     db_url = url.set(database="reconcile_check").render_as_string(hide_password=False)
     command.upgrade(alembic_config(db_url), "heads")
     queue = f"reconcile-check-{uuid.uuid4().hex[:8]}"
-    yield {**env, **SETTINGS, "DATABASE_URL": db_url, "GPU_QUEUE": queue}
+    checked = {**env, **SETTINGS, "DATABASE_URL": db_url, "GPU_QUEUE": queue}
+    with settings_from(checked):
+        yield checked
     with redis.Redis.from_url(env["REDIS_URL"]) as client:
         client.delete(queue)
     with admin.connect() as conn:
@@ -62,15 +66,9 @@ def reconcile_env(services_env: tuple[object, dict[str, str]]) -> Iterator[dict[
 
 
 def reconcile(env: dict[str, str], *options: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "reconcile", "--json", *options],
-        env={**os.environ, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    """`ssd-img2img reconcile --json OPTIONS`: its report."""
+    result = CliRunner().invoke(main, ["reconcile", "--json", *options], env=env)
+    assert result.exit_code == 0, result.output
     report: dict[str, Any] = json.loads(result.stdout)
     return report
 
@@ -238,8 +236,10 @@ def test_concurrent_reconcilers_share_the_work(reconcile_env: dict[str, str]) ->
         {f"lost-{i}": queued(created=3000) for i in range(count)}
         | {f"dead-{i}": processing(attempts=1, lease_in=-5) for i in range(count)},
     )
+    # The service itself in three threads (click's runner swaps sys.stdout: one at a time).
     with ThreadPoolExecutor(max_workers=3) as pool:
-        reports = list(pool.map(lambda _: reconcile(reconcile_env), range(3)))
+        passes = list(pool.map(lambda _: reconcile_service(), range(3)))
+    reports = [json.loads(json.dumps(p.as_dict())) for p in passes]
 
     handled = [job_id for r in reports for key in ("requeued", "redispatched") for job_id in r[key]]
     assert sorted(handled) == sorted(str(job_id) for job_id in ids.values())

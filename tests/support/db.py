@@ -7,12 +7,14 @@ runs on the real PostgreSQL and leaves nothing behind for the next one."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from sqlalchemy.orm import Session
 
-from common.db import get_engine
+from common.db import get_engine, get_session_factory
+from common.settings import get_settings
 
 
 @contextmanager
@@ -25,3 +27,27 @@ def rolled_back_session() -> Iterator[Session]:
         finally:
             session.close()
             outer.rollback()
+
+
+@contextmanager
+def settings_from(env: Mapping[str, str]) -> Iterator[None]:
+    """This process's settings, and the engine built from them, read from `env` for the
+    block: a service called in-process then runs against another database or with other
+    settings, as a process started with `env` would."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    forget_settings()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        forget_settings()
+
+
+def forget_settings() -> None:
+    """Drop the cached settings and engine: the next use reads os.environ again."""
+    get_engine().dispose()  # its connections, before the cache lets go of it
+    get_session_factory.cache_clear()
+    get_engine.cache_clear()
+    get_settings.cache_clear()
