@@ -74,7 +74,9 @@ def faults(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> It
 
 @pytest.fixture
 def account(faults: FaultStack) -> Iterator[tuple[str, str]]:
-    yield faults.create_account(CREDITS, name="faults")
+    account_id, key = faults.create_account(CREDITS, name="faults")
+    yield account_id, key
+    faults.cancel_unfinished(account_id)
     faults.stop_workers(keep=STEADY)  # each test starts the workers it needs
 
 
@@ -513,10 +515,14 @@ def _healthy(url: str) -> bool:
 
 
 def _accepts(url: str) -> bool:
+    """False once a connection is refused. A connection reset while the socket closes
+    (the kernel had queued it) is not a refusal yet: asked again."""
     try:
         httpx.get(f"{url}/health", timeout=2)
     except httpx.ConnectError:
         return False
+    except (httpx.ReadError, httpx.RemoteProtocolError):
+        return True
     return True
 
 

@@ -23,8 +23,10 @@ import redis
 from sqlalchemy import func, select
 
 from cli import stack
+from common import jobs
 from common.db import session_scope
-from common.models import CreditLedgerEntry, Job, LedgerReason
+from common.models import CreditLedgerEntry, Job, JobStatus, LedgerReason
+from common.refusals import Refusal
 from devstack.ports import free_port
 from devstack.process import log_path, log_tail, pidfile_path, record_pid, stop_pidfile
 from devstack.stack import purge_state, start_services
@@ -42,6 +44,8 @@ FAST_RECOVERY = {
     "DEFAULT_MAX_JOBS_IN_FLIGHT": "1000000",
 }
 
+
+UNFINISHED = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 # The worker `steady_worker` keeps up across tests.
 STEADY = "gpu-steady"
@@ -154,6 +158,18 @@ class FaultStack(Stack):
     def ledger(self, account_id: str) -> list[tuple[LedgerReason, int]]:
         condition = CreditLedgerEntry.account_id == uuid.UUID(account_id)
         return reads.ledger(condition, self.env["DATABASE_URL"])
+
+    def cancel_unfinished(self, account_id: str) -> None:
+        """Cancel the account's jobs not over yet, as its owner would: a test that failed
+        half-way must not leave the next one's workers a job to run."""
+        account = uuid.UUID(account_id)
+        with session_scope(self.env["DATABASE_URL"]) as session:
+            unfinished = session.execute(
+                select(Job.id).where(Job.account_id == account, Job.status.in_(UNFINISHED))
+            ).scalars()
+            for job_id in list(unfinished):
+                with contextlib.suppress(Refusal):  # over meanwhile
+                    jobs.cancel(session, job_id, account)
 
     def count_jobs(self, *conditions: Any) -> int:
         with session_scope(self.env["DATABASE_URL"]) as session:
