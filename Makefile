@@ -39,12 +39,14 @@ demo: venv
 # computes (docs/performance.md "CI"). tests/conftest.py groups the tests so that each
 # stack starts in one of them only.
 PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: venv
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 # The unit and database tiers: no process of the service is started (docs/development.md).
 test-fast: venv
-	$(BIN)/pytest -q -m "not e2e" $(PYTEST_ARGS)
+	$(PYTEST) -m "not e2e" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
