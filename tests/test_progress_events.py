@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from common import cancel_flags, jobs
 from common import progress as progress_store
@@ -22,6 +22,8 @@ from tests.support.reads import load_job
 from tests.support.sse import EventLog, read_stream, stream_in_thread
 from tests.support.waiting import wait_until
 from worker.step_monitor import CANCEL_FLAG_CHECK_SECONDS, JobCancelled, StepMonitor
+
+UNFINISHED = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 # Many step callbacks for little work: DPM2 is second order, so 100 × 0.99 gives about
 # 2 × 99 callbacks; a small image keeps each one short on the tiny model.
@@ -48,10 +50,25 @@ def jobs_table_updates() -> int:
         )
 
 
+def live_pool_busy() -> bool:
+    """A job of an earlier test still queued or running in the live worker's pool: its
+    claim or completion would be counted as this test's."""
+    with session_scope() as session:
+        return bool(
+            session.execute(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.queue == get_settings().gpu_queue, Job.status.in_(UNFINISHED))
+            ).scalar_one()
+        )
+
+
 def settled_jobs_table_updates(quiet: float = 1.5, timeout: float = 60) -> int:
-    """`jobs_table_updates()` once it stopped moving for `quiet` seconds: backends publish
-    their counters lazily (about a second after they go idle), so updates an earlier test
-    made must be in before counting from here, or they would be counted as this test's."""
+    """`jobs_table_updates()` once the live pool is idle and the counter stopped moving
+    for `quiet` seconds: backends publish their counters lazily (about a second after
+    they go idle), so updates an earlier test made must be in before counting from here,
+    or they would be counted as this test's."""
+    wait_until(lambda: not live_pool_busy(), "the live pool idle", timeout=300)
     deadline = time.monotonic() + timeout
     last = jobs_table_updates()
     while True:
