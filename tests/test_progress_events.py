@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from common import cancel_flags, jobs
 from common import progress as progress_store
@@ -22,8 +24,6 @@ from tests.support.reads import load_job
 from tests.support.sse import EventLog, read_stream, stream_in_thread
 from tests.support.waiting import wait_until
 from worker.step_monitor import CANCEL_FLAG_CHECK_SECONDS, JobCancelled, StepMonitor
-
-UNFINISHED = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 # Many step callbacks for little work: DPM2 is second order, so 100 × 0.99 gives about
 # 2 × 99 callbacks; a small image keeps each one short on the tiny model.
@@ -40,43 +40,40 @@ MANY_STEPS = {
 SOME_STEPS = {**MANY_STEPS, "num_inference_steps": 30}
 
 
-def jobs_table_updates() -> int:
-    """Rows updated in `jobs` since the server started (PostgreSQL's own counter)."""
-    with session_scope() as session:  # a new transaction: a fresh statistics snapshot
-        return int(
-            session.execute(
-                text("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'jobs'")
-            ).scalar_one()
-        )
-
-
-def live_pool_busy() -> bool:
-    """A job of an earlier test still queued or running in the live worker's pool: its
-    claim or completion would be counted as this test's."""
+@contextmanager
+def updates_counted(account_id: str) -> Iterator[Callable[[], int]]:
+    """For the block, a trigger counts the updates of the account's job rows, whoever
+    makes them; yields the count so far. Only this account's rows: the live stack's
+    other jobs (earlier tests', another pool's, the reconciler's sweeps) never count."""
+    statements = [
+        "CREATE TABLE progress_check_updates (account_id uuid NOT NULL)",
+        """CREATE FUNCTION progress_check_count() RETURNS trigger AS $$
+        BEGIN
+            INSERT INTO progress_check_updates VALUES (NEW.account_id);
+            RETURN NEW;
+        END $$ LANGUAGE plpgsql""",
+        """CREATE TRIGGER progress_check_count AFTER UPDATE ON jobs
+        FOR EACH ROW EXECUTE FUNCTION progress_check_count()""",
+    ]
     with session_scope() as session:
-        return bool(
-            session.execute(
-                select(func.count())
-                .select_from(Job)
-                .where(Job.queue == get_settings().gpu_queue, Job.status.in_(UNFINISHED))
-            ).scalar_one()
-        )
+        for statement in statements:
+            session.execute(text(statement))
 
+    def count() -> int:
+        with session_scope() as session:
+            counted = session.execute(
+                text("SELECT count(*) FROM progress_check_updates WHERE account_id = :id"),
+                {"id": uuid.UUID(account_id)},
+            )
+            return int(counted.scalar_one())
 
-def settled_jobs_table_updates(quiet: float = 1.5, timeout: float = 60) -> int:
-    """`jobs_table_updates()` once the live pool is idle and the counter stopped moving
-    for `quiet` seconds: backends publish their counters lazily (about a second after
-    they go idle), so updates an earlier test made must be in before counting from here,
-    or they would be counted as this test's."""
-    wait_until(lambda: not live_pool_busy(), "the live pool idle", timeout=300)
-    deadline = time.monotonic() + timeout
-    last = jobs_table_updates()
-    while True:
-        time.sleep(quiet)
-        now = jobs_table_updates()
-        if now == last or time.monotonic() > deadline:
-            return now
-        last = now
+    try:
+        yield count
+    finally:
+        with session_scope() as session:
+            session.execute(text("DROP TRIGGER progress_check_count ON jobs"))
+            session.execute(text("DROP FUNCTION progress_check_count()"))
+            session.execute(text("DROP TABLE progress_check_updates"))
 
 
 def poll_until_terminal(client: Any, status_url: str, timeout: float = 600) -> list[dict]:
@@ -95,12 +92,12 @@ def poll_until_terminal(client: Any, status_url: str, timeout: float = 600) -> l
 def test_status_shows_live_progress_without_database_writes_per_step(
     live_stack: Stack,
 ) -> None:
-    _, key = live_stack.create_account(credits=10_000)
-    updates_before = settled_jobs_table_updates()
-    with live_stack.client(key) as client:
+    account_id, key = live_stack.create_account(credits=10_000)
+    with updates_counted(account_id) as updates, live_stack.client(key) as client:
         submitted = client.post("/v2/ssd-img2img", json=job_body(**MANY_STEPS))
         assert submitted.status_code == 200, submitted.text
         seen = poll_until_terminal(client, submitted.json()["status_url"])
+        updated = updates()
 
     final = seen[-1]
     assert final["status"] == "COMPLETED", final
@@ -125,18 +122,15 @@ def test_status_shows_live_progress_without_database_writes_per_step(
         assert body["eta_seconds"] is None or body["eta_seconds"] >= 0
     assert any(b["eta_seconds"] is not None for b in running)
 
-    # PostgreSQL publishes a backend's counters lazily (when it goes idle, within
-    # seconds): wait until the claim and the completion (2 updates) are counted.
-    wait_until(lambda: jobs_table_updates() - updates_before >= 2, "counted", timeout=60)
-    updates = jobs_table_updates() - updates_before
-    # Besides those two, only the worker's lease renewals write the row: one per
-    # LEASE_RENEW interval, whatever the number of steps (+1 for a renewal in flight).
+    # The claim and the completion; besides those two, only the worker's lease
+    # renewals write the row: one per LEASE_RENEW interval, whatever the number of
+    # steps (+1 for a renewal in flight).
     job = load_job(submitted.json()["request_id"])
     assert job.started_at is not None and job.finished_at is not None
     running_for = (job.finished_at - job.started_at).total_seconds()
     renewals = int(running_for / get_settings().lease_renew_seconds) + 1
-    assert updates <= 2 + renewals, (
-        f"{updates} updates of jobs for {total} steps in {running_for:.1f}s"
+    assert 2 <= updated <= 2 + renewals, (
+        f"{updated} updates of the job for {total} steps in {running_for:.1f}s"
     )
 
 
