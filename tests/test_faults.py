@@ -26,12 +26,13 @@ import pytest
 
 from cli import stack
 from common.models import Job, JobStatus, LedgerReason
-from devstack import postgres, s3
+from devstack import postgres
 from devstack import redis as redis_service
 from devstack.ports import free_port
 from devstack.process import is_running, pidfile_path, stop_pidfile
 from tests.support.fault_stack import STEADY, FaultStack, Worker, fault_stack
 from tests.support.helpers import image_b64, job_body
+from tests.support.outages import s3_down
 from tests.support.waiting import wait_until
 from tests.support.webhook_receiver import Receiver, webhook_receiver
 
@@ -376,19 +377,9 @@ def test_storage_down_when_a_worker_runs_the_job_fails_it_cleanly_refunded(
 ) -> None:
     _, key = account
     job_id = faults.submit(key, quick_body())  # its input is stored; no worker runs yet
-    port = int(faults.env["S3_ENDPOINT_URL"].rsplit(":", 1)[1])
-    s3.stop_s3(faults.state_dir)
-    try:
+    with s3_down(faults.state_dir, faults.env):
         worker = faults.start_worker("gpu-s3")
         took = wait_status(faults, job_id, JobStatus.FAILED, JobStatus.COMPLETED)
-    finally:
-        s3.start_s3(
-            faults.state_dir,
-            port=port,
-            access_key=faults.env["S3_ACCESS_KEY_ID"],
-            secret_key=faults.env["S3_SECRET_ACCESS_KEY"],
-            bucket=faults.env["S3_BUCKET"],
-        )
     job = faults.job(job_id)
     assert job.status == JobStatus.FAILED
     assert (job.error or "").startswith("object storage failed")

@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 
 from cli import stack
 from common.models import Account, Job, JobStatus
-from devstack import postgres, redis, s3
+from devstack import postgres, redis
 from devstack.ports import free_port
 from devstack.stack import purge_state, start_services
 from tests.support.helpers import job_body
 from tests.support.live import ROOT
+from tests.support.outages import s3_down
 
 
 @dataclass
@@ -120,23 +121,13 @@ def test_redis_down_accepts_and_keeps_job_queued(isolated: Isolated) -> None:
 
 
 def test_s3_down_is_503_and_free(isolated: Isolated) -> None:
-    port = int(isolated.env["S3_ENDPOINT_URL"].rsplit(":", 1)[1])
     before = _balance_and_jobs(isolated)
-    s3.stop_s3(isolated.state_dir)
-    try:
+    with s3_down(isolated.state_dir, isolated.env):
         with isolated.client() as client:
             response = client.post("/v2/ssd-img2img", json=job_body())
         assert response.status_code == 503, response.text
         assert "storage" in response.json()["error"]
         assert response.headers["retry-after"] == "5"
-    finally:
-        s3.start_s3(
-            isolated.state_dir,
-            port=port,
-            access_key=isolated.env["S3_ACCESS_KEY_ID"],
-            secret_key=isolated.env["S3_SECRET_ACCESS_KEY"],
-            bucket=isolated.env["S3_BUCKET"],
-        )
     assert _balance_and_jobs(isolated) == before
     with isolated.client() as client:
         assert client.post("/v2/ssd-img2img", json=job_body()).status_code == 200
