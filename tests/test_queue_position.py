@@ -1,18 +1,25 @@
 """Queue positions in the fair order, and what one costs: the same whatever the queue's
 length (PostgreSQL's own buffer counts for the position query, 10,000 queued jobs vs
-100), where the COUNT over every earlier queued job it replaces grows with it."""
+100), where the COUNT over every earlier queued job it replaces grows with it.
+
+On a database of their own: the old count scans every queued job in the database, and
+in the shared one other tests' jobs (and the planner's choices over them) were in its
+figures (tests/support/db.py `own_database`)."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from common import scheduler
 from common.db import get_engine, session_scope
 from common.models import Job
+from tests.support.db import own_database
 from tests.support.helpers import insert_account
 
 # QUEUED jobs `first`..`last` of one account in pool `queue`, one second apart.
@@ -29,6 +36,14 @@ _JOBS = text(
     """
 )
 _CHUNK = 500
+
+
+@pytest.fixture
+def positions_db(services_env: tuple[object, dict[str, str]]) -> Iterator[dict[str, str]]:
+    with own_database(services_env[1], "queue_positions") as env:
+        yield env
+
+
 _LINE = text(
     "SELECT id FROM jobs WHERE account_id = :account AND queue = :queue "
     "AND status = 'QUEUED' ORDER BY queue_seq"
@@ -93,7 +108,7 @@ _OLD_COUNT = text(
 )
 
 
-def test_positions_follow_the_fair_order(services_env: object) -> None:
+def test_positions_follow_the_fair_order(positions_db: object) -> None:
     _, (a, b) = _queue([6, 3])
     # The fair order: A B A B A B A A A (equal passes; a tie goes to the older job: A's).
     assert [_position(job) for job in a] == [0, 2, 4, 6, 7, 8]
@@ -101,7 +116,7 @@ def test_positions_follow_the_fair_order(services_env: object) -> None:
 
 
 def test_a_position_costs_the_same_with_10000_jobs_queued_as_with_100(
-    services_env: object,
+    positions_db: object,
 ) -> None:
     costs = {}
     old_costs = {}

@@ -2,7 +2,7 @@
 its own: which jobs it takes back, fails, cancels and sends again, what it leaves
 alone, the messages it sends, and that concurrent runs share the work. The command and
 the service run in this process, with the settings of that database
-(tests/support/db.py `settings_from`).
+(tests/support/db.py `own_database`).
 
 Time is simulated by back-dating rows, with margins of minutes on each side of every
 deadline, so that a slow machine never moves a job across one; the queue is one no
@@ -21,18 +21,15 @@ from typing import Any
 
 import pytest
 import redis
-from alembic import command
 from click.testing import CliRunner
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from cli.main import main
 from common.db import session_scope
 from common.models import Account, CreditLedgerEntry, Job, JobStatus, LedgerReason
 from common.reconcile import reconcile as reconcile_service
 from common.tasks import MAX_WAKEUPS
-from tests.support.db import settings_from
-from tests.support.reads import alembic_config
+from tests.support.db import own_database
 
 COST = 20
 SETTINGS = {
@@ -47,22 +44,11 @@ def reconcile_env(services_env: tuple[object, dict[str, str]]) -> Iterator[dict[
     """The shared services' settings, with a fresh migrated database and a queue that
     nothing consumes."""
     env = services_env[1]
-    url = make_url(env["DATABASE_URL"])
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS reconcile_check WITH (FORCE)"))
-        conn.execute(text("CREATE DATABASE reconcile_check"))
-    db_url = url.set(database="reconcile_check").render_as_string(hide_password=False)
-    command.upgrade(alembic_config(db_url), "heads")
     queue = f"reconcile-check-{uuid.uuid4().hex[:8]}"
-    checked = {**env, **SETTINGS, "DATABASE_URL": db_url, "GPU_QUEUE": queue}
-    with settings_from(checked):
+    with own_database({**env, **SETTINGS, "GPU_QUEUE": queue}, "reconcile_check") as checked:
         yield checked
     with redis.Redis.from_url(env["REDIS_URL"]) as client:
         client.delete(queue)
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS reconcile_check WITH (FORCE)"))
-    admin.dispose()
 
 
 def reconcile(env: dict[str, str], *options: str) -> dict[str, Any]:

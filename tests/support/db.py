@@ -11,10 +11,14 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+from alembic import command
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from common.db import get_engine, get_session_factory
 from common.settings import get_settings
+from tests.support.reads import alembic_config
 
 
 @contextmanager
@@ -43,6 +47,31 @@ def settings_from(env: Mapping[str, str]) -> Iterator[None]:
         os.environ.clear()
         os.environ.update(saved)
         forget_settings()
+
+
+@contextmanager
+def own_database(env: Mapping[str, str], name: str) -> Iterator[dict[str, str]]:
+    """`env` with a fresh, migrated database `name` on the same PostgreSQL, and this
+    process's settings read from it for the block (`settings_from`); dropped after.
+
+    For tests that count or scan the whole database (a reconciler sweep, a plan's buffer
+    counts): in the shared one, other tests' rows are in their figures."""
+    url = make_url(env["DATABASE_URL"])
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    drop = text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        with admin.connect() as conn:
+            conn.execute(drop)
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        db_url = url.set(database=name).render_as_string(hide_password=False)
+        command.upgrade(alembic_config(db_url), "heads")
+        own = {**env, "DATABASE_URL": db_url}
+        with settings_from(own):
+            yield own
+        with admin.connect() as conn:
+            conn.execute(drop)
+    finally:
+        admin.dispose()
 
 
 def forget_settings() -> None:
