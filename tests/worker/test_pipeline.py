@@ -77,6 +77,25 @@ def test_sigma_schedule_of_the_base_config_does_not_leak(
     assert make_scheduler("DDIM", pipe.scheduler.config).config.timestep_spacing == "leading"
 
 
+@pytest.mark.parametrize("name", ["DPM2 Karras", "DPM Multi"])
+def test_each_job_gets_a_scheduler_of_its_own(
+    pipe: StableDiffusionXLImg2ImgPipeline, name: str
+) -> None:
+    # make_scheduler copies one it built before (worker/schedulers.py): a copy must
+    # start as a fresh build does, and a job's run must not reach the next job's.
+    first = make_scheduler(name, pipe.scheduler.config)
+    fresh_sigmas = first.sigmas.clone()
+    first.set_timesteps(5)
+    first.step_index_before = first.sigmas.clone()  # a job's own attribute, too
+    second = make_scheduler(name, pipe.scheduler.config)
+    assert second is not first
+    assert not hasattr(second, "step_index_before")
+    assert torch.equal(second.sigmas, fresh_sigmas)
+    assert not torch.equal(first.sigmas, fresh_sigmas)
+    other_config = {**pipe.scheduler.config, "timestep_spacing": "trailing"}
+    assert make_scheduler(name, other_config).config.timestep_spacing == "trailing"
+
+
 def test_unknown_scheduler_is_refused(pipe: StableDiffusionXLImg2ImgPipeline) -> None:
     with pytest.raises(UnknownSchedulerError, match="DPM2 Karras"):
         make_scheduler("Euler b", pipe.scheduler.config)
