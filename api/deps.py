@@ -154,6 +154,7 @@ def current_account(
         key = check_key(session, x_api_key)
     enforce_rate_limit(request, CallerKey.of(key), settings)
     request.state.api_key_id = key.id  # for work that outlives this check (streams, waits)
+    request.state.account_id = key.account_id  # the request's log line (api/observability.py)
     return key.account
 
 

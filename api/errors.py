@@ -16,7 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common import error_ids
+from common import error_ids, metrics
 from common.refusals import Refusal
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # connections and drops dead ones (common.db.ping_when_idle), so the API
         # recovers by itself once it is back.
         error_id = error_ids.new()
+        request.state.error_id = error_id  # the request's log line
+        metrics.dependency_error("postgres")
         logger.warning(
             "%s: database unavailable on %s %s: %s", error_id, request.method, request.url.path, exc
         )
@@ -123,6 +125,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # Object storage refusing or unreachable while storing an input or signing a URL:
         # nothing was charged (the input is stored before the debit).
         error_id = error_ids.new()
+        request.state.error_id = error_id  # the request's log line
+        metrics.dependency_error("s3")
         logger.warning(
             "%s: object storage error on %s %s: %s", error_id, request.method, request.url.path, exc
         )
@@ -132,5 +136,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         error_id = error_ids.new()
+        request.state.error_id = error_id  # the request's log line
         logger.exception("%s: unhandled error on %s %s", error_id, request.method, request.url.path)
         return error_response(500, error_ids.for_tenants("internal server error", error_id))

@@ -33,7 +33,7 @@ import redis
 from fastapi import Request
 
 from api.errors import ApiError
-from common import redis_clients
+from common import metrics, redis_clients
 from common.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ class Limiter:
         try:
             count, ttl = self.script(keys=[f"ratelimit:{key_id}"], args=[WINDOW_MS, taken])
         except redis.RedisError as exc:
+            metrics.dependency_error("redis")
             with self._lock:
                 self._skip_until = time.monotonic() + _BACKOFF_SECONDS
             logger.warning(
@@ -174,6 +175,7 @@ def failures(name: str) -> tuple[int, int]:
         pipe.pttl(key)
         count, ttl = pipe.execute()
     except redis.RedisError:
+        metrics.dependency_error("redis")
         return 0, 0
     return int(count or 0), max(1, math.ceil(int(ttl) / 1000))
 
@@ -184,6 +186,7 @@ def count_failure(name: str) -> None:
     try:
         limiter.script(keys=[f"failures:{name}"], args=[WINDOW_MS, 1])
     except redis.RedisError:
+        metrics.dependency_error("redis")
         logger.warning("failure counter: Redis unavailable; %s not counted", name)
 
 

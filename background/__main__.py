@@ -13,11 +13,15 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from celery.signals import worker_ready
 
+from background import metrics as background_metrics
 from background.app import load_tasks
+from common import metrics as common_metrics
+from common.logs import configure_logging
 from common.settings import get_settings, warn_test_only
 
 logger = logging.getLogger("background")
@@ -29,12 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = get_settings()
+    configure_logging(settings, "background", args.loglevel)
     warn_test_only(settings, logger)
     app = load_tasks()
+    common_metrics.announce("background")
+    background_metrics.install()
+    consuming = threading.Event()
+    common_metrics.serve_ops(
+        settings.metrics_port, lambda: None if consuming.is_set() else "starting"
+    )
+
+    @worker_ready.connect(weak=False)
+    def _consuming(**_: object) -> None:
+        consuming.set()
 
     if args.ready_file is not None:
         ready_file: Path = args.ready_file

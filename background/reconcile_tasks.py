@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from background import metrics
 from common import reconcile
 from common.settings import get_settings
 from common.tasks import get_celery
@@ -21,7 +22,9 @@ app = get_celery()
 
 @app.task(name=RECONCILE, ignore_result=True)
 def reconcile_jobs() -> dict[str, object]:
-    return reconcile.reconcile().as_dict()
+    report = reconcile.reconcile()
+    metrics.reconciled(report)
+    return report.as_dict()
 
 
 _interval = get_settings().reconcile_interval_seconds

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from background import metrics
 from common import retention
 from common.settings import get_settings
 from common.tasks import get_celery
@@ -21,12 +22,16 @@ app = get_celery()
 
 @app.task(name=SWEEP_EXPIRED, ignore_result=True)
 def sweep_expired() -> int:
-    return len(retention.sweep())
+    deleted = len(retention.sweep())
+    metrics.retained("expired_job", deleted)
+    return deleted
 
 
 @app.task(name=SWEEP_ORPHANED_INPUTS, ignore_result=True)
 def sweep_orphaned_inputs() -> int:
-    return len(retention.sweep_orphaned_inputs())
+    deleted = len(retention.sweep_orphaned_inputs())
+    metrics.retained("orphaned_input", deleted)
+    return deleted
 
 
 def _every(seconds: float, task: str) -> dict[str, Any]:

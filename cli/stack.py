@@ -61,6 +61,11 @@ def service_env(services: Services, api_url: str, model_dir: Path) -> dict[str, 
         "ADMIN_TOKEN": secrets.token_urlsafe(32),
         # Everything runs on loopback here, image URLs included; production keeps it off.
         "ALLOW_LOOPBACK_URLS": "true",
+        # A terminal's log, not a collector's (production's default is JSON).
+        "LOG_FORMAT": "plain",
+        # Several processes share this host: none takes METRICS_PORT's default (9100);
+        # each start_* below may give its process a port of its own.
+        "METRICS_PORT": "0",
     }
 
 
@@ -101,29 +106,49 @@ def ensure_tiny_model(model_dir: Path) -> None:
     )
 
 
-def start_api(state_dir: Path, env: Mapping[str, str], port: int, name: str = API) -> None:
+def _process_env(env: Mapping[str, str], metrics_port: int | None) -> dict[str, str]:
+    ports = {} if metrics_port is None else {"METRICS_PORT": str(metrics_port)}
+    return {**os.environ, **env, **ports}
+
+
+def start_api(
+    state_dir: Path,
+    env: Mapping[str, str],
+    port: int,
+    name: str = API,
+    metrics_port: int | None = None,
+) -> None:
     argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--no-access-log"]
-    start_process(name, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
+    start_process(name, argv, state_dir, env=_process_env(env, metrics_port), cwd=ROOT)
 
 
-def _start_consumer(state_dir: Path, env: Mapping[str, str], name: str, module: str) -> Path:
+def _start_consumer(
+    state_dir: Path, env: Mapping[str, str], name: str, module: str, metrics_port: int | None
+) -> Path:
     """Start `python -m MODULE --ready-file F`; F appears once it consumes its queue."""
     ready = state_dir / f"{name}.ready"
     ready.unlink(missing_ok=True)
     argv = [sys.executable, "-m", module, "--ready-file", str(ready)]
-    start_process(name, argv, state_dir, env={**os.environ, **env}, cwd=ROOT)
+    start_process(name, argv, state_dir, env=_process_env(env, metrics_port), cwd=ROOT)
     return ready
 
 
-def start_worker(state_dir: Path, env: Mapping[str, str], name: str = WORKER) -> Path:
+def start_worker(
+    state_dir: Path, env: Mapping[str, str], name: str = WORKER, metrics_port: int | None = None
+) -> Path:
     """A GPU worker (here on the CPU, with the tiny model)."""
-    return _start_consumer(state_dir, env, name, "worker")
+    return _start_consumer(state_dir, env, name, "worker", metrics_port)
 
 
-def start_background(state_dir: Path, env: Mapping[str, str], name: str = BACKGROUND) -> Path:
+def start_background(
+    state_dir: Path,
+    env: Mapping[str, str],
+    name: str = BACKGROUND,
+    metrics_port: int | None = None,
+) -> Path:
     """The CPU worker: webhook deliveries and periodic maintenance."""
-    return _start_consumer(state_dir, env, name, "background")
+    return _start_consumer(state_dir, env, name, "background", metrics_port)
 
 
 def wait_healthy(

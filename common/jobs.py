@@ -8,6 +8,7 @@ sent if the transaction rolls back; callers never send these by hand."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,31 @@ def terminal_among(session: Session, job_ids: Sequence[uuid.UUID]) -> set[uuid.U
     return set(rows.scalars())
 
 
+_transitions = logging.getLogger("jobs")
+
+
+def log_transition(
+    session: Session,
+    job: Job | tuple[uuid.UUID, uuid.UUID],
+    to_status: JobStatus,
+    from_status: JobStatus | None,
+    **fields: str,
+) -> None:
+    """One log line per job transition, once committed (never for a rolled-back one).
+    `job`: the row, or its (id, account_id)."""
+    job_id, account_id = (job.id, job.account_id) if isinstance(job, Job) else job
+    line = {
+        "event": "job_transition",
+        "job_id": str(job_id),
+        "account_id": str(account_id),
+        "from_status": from_status.value if from_status is not None else None,
+        "to_status": to_status.value,
+        **fields,
+    }
+    message = f"job {job_id}: {line['from_status'] or 'new'} -> {to_status.value}"
+    after_commit(session, partial(_transitions.info, message, extra=line))
+
+
 def claim(
     session: Session,
     job_id: uuid.UUID,
@@ -113,6 +139,8 @@ def start(
     ).all()
     started = [job for job, _ in rows]
     for job, listens in rows:
+        worker = {"worker": lease_owner} if lease_owner is not None else {}
+        log_transition(session, job, JobStatus.PROCESSING, JobStatus.QUEUED, **worker)
         # job.started webhooks (an outbox)
         record_job_event(session, job, "started", account_listens=listens)
         # An earlier attempt's steps must not show as this one's; event streams learn
@@ -154,6 +182,8 @@ def complete(
     if row is None:
         return False
     job, listens = row
+    worker = {"worker": lease_owner} if lease_owner is not None else {}
+    log_transition(session, job, JobStatus.COMPLETED, JobStatus.PROCESSING, **worker)
     record_job_event(session, job, "completed", account_listens=listens)  # job.completed
     _announce_end(session, job)
     return True
@@ -189,6 +219,7 @@ def fail(
     ).scalar_one_or_none()
     if job is None:
         return False
+    log_transition(session, job, JobStatus.FAILED, None, error=error[:200])
     _ended_refunded(session, job)
     return True
 
@@ -208,6 +239,7 @@ def cancel_queued(session: Session, job_id: uuid.UUID, account_id: uuid.UUID) ->
         .returning(Job)
     ).scalar_one_or_none()
     if job is not None:
+        log_transition(session, job, JobStatus.CANCELLED, JobStatus.QUEUED)
         _ended_refunded(session, job)
     return job
 
@@ -289,6 +321,7 @@ def finish_cancelled(
         .returning(Job)
     ).scalar_one_or_none()
     if job is not None:
+        log_transition(session, job, JobStatus.CANCELLED, JobStatus.PROCESSING)
         _ended_refunded(session, job)
     return job
 

@@ -99,7 +99,7 @@ def take_back_expired(
             requeue.append(job_id)
             pools[queue] += 1
     if requeue:
-        session.execute(
+        requeued = session.execute(
             update(Job)
             .where(Job.id.in_(requeue), jobs.in_state(JobStatus.PROCESSING))
             .values(
@@ -109,7 +109,16 @@ def take_back_expired(
                 dispatched_at=func.now(),
                 dispatch_count=Job.dispatch_count + 1,
             )
-        )
+            .returning(Job.id, Job.account_id)
+        ).all()
+        for job_id, account_id in requeued:
+            jobs.log_transition(
+                session,
+                (job_id, account_id),
+                JobStatus.QUEUED,
+                JobStatus.PROCESSING,
+                reason="lease expired",
+            )
         report.requeued.extend(requeue)
         _wake(session, pools)
 

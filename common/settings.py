@@ -34,6 +34,17 @@ class Settings(BaseSettings):
     # warning); anything else refuses to start with one (KNOWN_DEFAULT_SECRETS).
     environment: Literal["production", "development"] = "production"
 
+    # --- operations -----------------------------------------------------------------
+    # Log lines as JSON objects (one per line, for a log collector) or as plain text;
+    # "auto": JSON in production, plain in development (common/logs.py).
+    log_format: Literal["auto", "json", "plain"] = "auto"
+    # The GPU and background workers serve /metrics, /health/live and /health/ready on
+    # this port (0 = not at all); the API serves them on its own port.
+    metrics_port: int = Field(default=9100, ge=0, le=65535)
+    # How long /health/ready waits for each of PostgreSQL, Redis and S3 before it calls
+    # the dependency down (the probe's own timeout must be longer).
+    health_check_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+
     # --- infrastructure -------------------------------------------------------------
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/ssd_img2img"
     # A pooled connection unused for longer is checked with a `SELECT 1` before use

@@ -89,10 +89,17 @@ def live_stack(services_env: tuple[Path, dict[str, str]]) -> Stack:
     """The API, one GPU worker and the CPU worker, as separate processes."""
     state_dir, env = services_env
     port = int(env["API_URL"].rsplit(":", 1)[1])
-    stack.start_api(state_dir, env, port)
-    ready = [stack.start_worker(state_dir, env), stack.start_background(state_dir, env)]
+    # Each process serves /metrics and its health on a port of its own
+    # (tests/test_metrics.py).
+    metrics_ports = {name: free_port() for name in ("api", "worker", "background")}
+    stack.start_api(state_dir, env, port, metrics_port=metrics_ports["api"])
+    ready = [
+        stack.start_worker(state_dir, env, metrics_port=metrics_ports["worker"]),
+        stack.start_background(state_dir, env, metrics_port=metrics_ports["background"]),
+    ]
     stack.wait_healthy(state_dir, env["API_URL"], ready, timeout=180)
-    return Stack(state_dir=state_dir, env=env)
+    metrics_urls = {name: f"http://127.0.0.1:{p}" for name, p in metrics_ports.items()}
+    return Stack(state_dir=state_dir, env=env, ops_urls=metrics_urls)
 
 
 # --------------------------------------------------------------------------- tiers

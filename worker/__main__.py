@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from common.logs import configure_logging
 from common.settings import get_settings, warn_test_only
 from worker import fault_hooks
 from worker.model_source import ModelLoadError, check_model_source
@@ -28,11 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-file", type=Path, help="touched once the worker consumes")
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
     settings = get_settings()
+    configure_logging(settings, "worker", args.loglevel)
     warn_test_only(settings, logger, *fault_hooks.enabled())
     try:
         check_model_source(settings.model_id)

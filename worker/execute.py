@@ -17,20 +17,22 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
-from common import error_ids, images, jobs, leases, scheduler, storage
+from common import error_ids, images, jobs, leases, metrics, scheduler, storage
 from common.db import session_scope
 from common.models import Job
 from common.settings import Settings
 from common.storage import Storage
 from worker import fault_hooks
+from worker import metrics as worker_metrics
 from worker.heartbeat import LeaseHeartbeat
 from worker.pipeline import GenerationRequest, GenerationResult, generate_batch
 from worker.prefetch import InputPrefetcher
@@ -145,7 +147,16 @@ def _failure(exc: BaseException, what: str, stage: str = "generation") -> str:
     if isinstance(exc, BotoCoreError | ClientError):
         stage = "object storage"
     error_id = error_ids.new()
-    logger.error("%s: %s failed: %s: %s", error_id, what, type(exc).__name__, exc, exc_info=exc)
+    metrics.count_if_dependency(exc)
+    logger.error(
+        "%s: %s failed: %s: %s",
+        error_id,
+        what,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+        extra={"error_id": error_id},
+    )
     return error_ids.for_tenants(f"{stage} failed", error_id)
 
 
@@ -175,6 +186,9 @@ class BatchRun:
             _Member(job, StepMonitor(job.id, lease_lost=self._lease_lost_of(job.id)))
             for job in work.jobs
         ]
+        for job in work.jobs:
+            if job.queue_time is not None:
+                worker_metrics.QUEUE_WAIT.observe(job.queue_time)
         self.started = time.perf_counter()
         self.generated: float | None = None  # when the pipeline call returned
         # Beside the pipeline call: each member's cancel checks and progress reports.
@@ -201,7 +215,9 @@ class BatchRun:
     def _fail(self, member: _Member, error: str) -> None:
         self._end(member)
         with session_scope() as session:
-            jobs.fail(session, member.job.id, error, lease_owner=self.owner)
+            failed = jobs.fail(session, member.job.id, error, lease_owner=self.owner)
+        if failed:
+            worker_metrics.JOBS_FINISHED.labels(outcome="failed").inc()
 
     def _live(self) -> list[_Member]:
         return [m for m in self.members if not m.ended]
@@ -227,6 +243,7 @@ class BatchRun:
         self, member: _Member, metrics: dict[str, Any], stop: JobCancelled
     ) -> None:
         if record_cancelled(member.job.id, metrics, lease_owner=self.owner):
+            worker_metrics.JOBS_FINISHED.labels(outcome="cancelled").inc()
             logger.info("%s", stop)
 
     def run(self, recorder: Recorder | None = None) -> None:
@@ -254,7 +271,8 @@ class BatchRun:
         for member in self.members:
             fault_hooks.maybe_crash(member.job.params)  # test-only; inert unless set
             try:
-                member.request = self._input_of(member.job)
+                with _timed("load"):
+                    member.request = self._input_of(member.job)
             except Exception as exc:
                 what = f"job {member.job.id}: reading its input"
                 self._fail(member, _failure(exc, what, "reading the input image"))
@@ -278,6 +296,7 @@ class BatchRun:
             return None
         finally:
             self.watcher.stop()  # records what was cancelled, reports the last steps
+        _observe_call(requests, results)
         return list(zip(live, results, strict=True))
 
     def _input_of(self, job: ClaimedJob) -> GenerationRequest:
@@ -305,10 +324,11 @@ class BatchRun:
         job = member.job
         try:
             keys = []
-            for index, image in enumerate(images):
-                key = storage.output_key(job.account_id, job.id, index)
-                self.store.put(key, to_jpeg(image), "image/jpeg")
-                keys.append(key)
+            with _timed("upload"):
+                for index, image in enumerate(images):
+                    key = storage.output_key(job.account_id, job.id, index)
+                    self.store.put(key, to_jpeg(image), "image/jpeg")
+                    keys.append(key)
         except Exception as exc:
             self._fail(member, _failure(exc, f"job {job.id}: uploading its outputs"))
             return
@@ -318,7 +338,28 @@ class BatchRun:
             if not jobs.complete(session, job.id, keys, metrics, lease_owner=self.owner):
                 logger.warning("job %s is no longer leased to us; result not recorded", job.id)
                 return
+        worker_metrics.JOBS_FINISHED.labels(outcome="completed").inc()
         logger.info("job %s completed in %.2fs", job.id, metrics["inference_time"])
+
+
+@contextmanager
+def _timed(phase: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield  # nothing observed when the phase raises: a failure is not a duration
+    worker_metrics.PHASE_SECONDS.labels(phase=phase).observe(time.perf_counter() - started)
+
+
+def _observe_call(requests: Sequence[GenerationRequest], results: list[GenerationResult]) -> None:
+    """The pipeline call's phases, speed and size (once per call, not per job)."""
+    if not results:
+        return
+    timings = results[0].timings
+    for phase in ("encode", "denoise", "decode"):
+        if phase in timings:
+            worker_metrics.PHASE_SECONDS.labels(phase=phase).observe(timings[phase])
+    if timings.get("denoise"):
+        worker_metrics.STEPS_PER_SECOND.observe(results[0].steps_run / timings["denoise"])
+    worker_metrics.BATCH_SIZE.observe(sum(request.samples for request in requests))
 
 
 class Recorder:

@@ -3,10 +3,12 @@ several compatible ones batched into one pipeline call."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -73,6 +75,9 @@ class GenerationResult:
     # Set when the request's pixels are not finite (a numerical overflow: NaN decodes to
     # a black image): the job must fail, not deliver them. `images` is then empty.
     failure: str | None = None
+    # Seconds of the call's phases, shared by its requests: "encode" (prompts and VAE
+    # encode), "denoise" (the loop), "decode" (VAE decode and the copy to uint8).
+    timings: Mapping[str, float] = field(default_factory=dict)
 
 
 NON_FINITE_OUTPUT = (
@@ -436,13 +441,14 @@ def generate_batch(
     # The pipeline's own rule (its do_classifier_free_guidance property).
     guidance = first.guidance_scale > 1 and run.unet.config.time_cond_proj_dim is None
 
-    callback: Callable[..., dict[str, Any]] | None = None
-    if on_step is not None:
-        report = on_step
+    clock = _PhaseClock(device)
 
-        def callback(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            report(i + 1, int(p.num_timesteps))
-            return kwargs
+    def callback(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None:
+            on_step(i + 1, int(p.num_timesteps))
+        if i + 1 == int(p.num_timesteps):
+            clock.mark("denoise")  # the last step: what follows is the decode
+        return kwargs
 
     with _GENERATE_LOCK:
         original = run.scheduler
@@ -455,6 +461,7 @@ def generate_batch(
                 prompt_embeds = embeddings["prompt_embeds"]
                 assert prompt_embeds is not None
                 latents = _encode_inputs(run, requests, sources, generators, prompt_embeds.dtype)
+                clock.mark("encode")
                 output = run(
                     **embeddings,
                     image=latents,  # already encoded: the pipeline only adds the noise
@@ -480,7 +487,26 @@ def generate_batch(
             results.append(GenerationResult([], steps_run, failure=NON_FINITE_OUTPUT))
             continue
         results.append(GenerationResult(to_pil(mine), steps_run))
-    return results
+    clock.mark("decode")
+    return [dataclasses.replace(result, timings=clock.phases) for result in results]
+
+
+class _PhaseClock:
+    """The time between marks, by the name of the phase each mark ends. On CUDA it waits
+    for the device first: kernels run asynchronously, and the phase that launched them
+    must be the one that pays for them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.phases[phase] = now - self._last
+        self._last = now
 
 
 def sample_generators(requests: Sequence[GenerationRequest]) -> list[torch.Generator]:

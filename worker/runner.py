@@ -16,6 +16,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from common import metrics
 from common.settings import Settings
 from common.storage import Storage
 from worker import execute
@@ -89,8 +90,9 @@ class Runner:
                 return None
             try:
                 return execute.claim(self.settings)
-            except Exception:
+            except Exception as exc:
                 # PostgreSQL unreachable, say: look again at the next poll.
+                metrics.count_if_dependency(exc)
                 logger.warning("could not claim work", exc_info=True)
                 return None
 

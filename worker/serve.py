@@ -12,14 +12,17 @@ import logging
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
+from common import metrics
 from common.settings import Settings
 from common.storage import get_storage
+from worker import metrics as worker_metrics
 from worker import runtime, tuning
 from worker.model_source import ModelLoadError
 from worker.pipeline import load_pipeline, resolve_device
@@ -31,6 +34,15 @@ logger = logging.getLogger("worker")
 
 def serve(settings: Settings, ready_file: Path | None, loglevel: str) -> int:
     """Run until SIGTERM (or recycling); the exit status (2: the model did not load)."""
+    metrics.announce("worker")
+    worker_metrics.announce()
+    # Up from here: alive while the model loads (minutes for a first download), ready
+    # only once it is loaded, warmed up and the worker consumes its queue.
+    ready = threading.Event()
+    metrics.serve_ops(
+        settings.metrics_port,
+        lambda: None if ready.is_set() else "the model is loading or warming up",
+    )
     logger.info("loading %s (device=%s)", settings.model_id, settings.model_device)
     try:
         device = resolve_device(settings.model_device)
@@ -53,6 +65,7 @@ def serve(settings: Settings, ready_file: Path | None, loglevel: str) -> int:
         done.append(f"torch.compile for {settings.shape_buckets}")
     logger.info("%d CPU threads; %s", threads, ", ".join(done) or "eager, as loaded")
     tuning.warm_up(pipe, tuning.warmup_sizes(settings.warmup, device.type, buckets))
+    worker_metrics.watch_gpu(device)
     runtime.set_pipeline(pipe)
     runner = Runner(pipe, get_storage(), settings, Recycler.from_settings(settings))
     runtime.set_runner(runner)
@@ -62,6 +75,8 @@ def serve(settings: Settings, ready_file: Path | None, loglevel: str) -> int:
     @worker_shutting_down.connect(weak=False)
     def _stop_claiming(**_: Any) -> None:  # in the signal handler: only sets flags
         runner.stop()
+        ready.clear()  # draining: no longer ready, though alive until its job ends
+        worker_metrics.READY.set(0)
 
     @worker_shutdown.connect(weak=False)
     def _finish_running(**_: Any) -> None:
@@ -72,6 +87,8 @@ def serve(settings: Settings, ready_file: Path | None, loglevel: str) -> int:
     @worker_ready.connect(weak=False)
     def _ready(**_: object) -> None:
         runner.start()
+        ready.set()
+        worker_metrics.READY.set(1)
         if ready_file is not None:
             ready_file.write_text("ready\n")
 

@@ -39,6 +39,7 @@ from api.errors import ApiError, error_responses, parse_id
 from api.img2img import live_progress
 from api.img2img.views import result_response, status_body
 from api.job_events import Inbox, JobEventHub, job_events
+from api.metrics import EVENT_STREAMS
 from api.open_work import Slot, Work, open_work
 from common import jobs, progress
 from common.db import session_scope
@@ -232,7 +233,11 @@ async def _run(
 ) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     # Registered before the first read: nothing after it goes unseen.
-    with slot, hub.register(stream.job_id, stream.key_id) as inbox:
+    with (
+        slot,
+        hub.register(stream.job_id, stream.key_id) as inbox,
+        EVENT_STREAMS.track_inprogress(),
+    ):
         last_sent = loop.time()
         for event in await stream.read(not_before=time.monotonic()):
             yield event

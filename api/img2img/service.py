@@ -7,6 +7,7 @@ import secrets
 import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -16,8 +17,10 @@ from api.errors import ApiError
 from api.idempotency import IdempotencyKey, Replay, check_unused, find_original
 from api.image_source import is_url, load_image_bytes
 from api.img2img.schemas import MAX_SEED, Img2ImgRequest
+from api.metrics import CREDITS_CHARGED
 from api.open_work import Work, open_work
-from common import credits, limits, storage, tasks
+from common import credits, jobs, limits, storage, tasks
+from common.after_commit import after_commit
 from common.db import autocommit_session
 from common.images import check
 from common.models import Account, Job, JobStatus
@@ -122,6 +125,8 @@ def submit(
     session.add(job)
     session.flush()
     balance = credits.debit_for_job(session, account.id, job_id, cost)
+    jobs.log_transition(session, job, JobStatus.QUEUED, None)
+    after_commit(session, partial(CREDITS_CHARGED.inc, cost))
     # Once committed: a worker must find the row. Lost, it costs WORKER_POLL_SECONDS.
     tasks.wake_after_commit(session, settings.gpu_queue)
     return job, balance

@@ -42,6 +42,7 @@ from api.img2img.expiry import EXPIRED_RESPONSES, expired_response, expiry
 from api.img2img.schemas import Img2ImgRequest
 from api.img2img.views import SUBMIT_ERRORS
 from api.job_waiters import JobWaiters, Waiter, job_waiters
+from api.metrics import SYNC_WAITS
 from api.open_work import Work, open_work
 from common import credits, jobs
 from common.db import session_scope
@@ -110,18 +111,19 @@ async def _wait(
     and one at the deadline (a notification may have been lost just before it)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
-    while True:
-        timed_out = False
-        try:
-            await asyncio.wait_for(woken.wait(), max(deadline - loop.time(), 0))
-        except TimeoutError:
-            timed_out = True
-        woken.clear()
-        if woken.refusal is not None:  # the key was revoked, or the account suspended
-            raise woken.refusal
-        job, balance = await run_in_threadpool(_read_job, job_id, account_id)
-        if timed_out or job is None or job.status.is_terminal:
-            return job, balance
+    with SYNC_WAITS.track_inprogress():
+        while True:
+            timed_out = False
+            try:
+                await asyncio.wait_for(woken.wait(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                timed_out = True
+            woken.clear()
+            if woken.refusal is not None:  # the key was revoked, or the account suspended
+                raise woken.refusal
+            job, balance = await run_in_threadpool(_read_job, job_id, account_id)
+            if timed_out or job is None or job.status.is_terminal:
+                return job, balance
 
 
 def _base64_outputs(store: Storage, keys: list[str]) -> list[str]:

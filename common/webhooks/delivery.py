@@ -40,6 +40,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -93,6 +94,7 @@ class ClaimedAttempt:
     series: int
     series_attempt: int
     secrets: list[str]
+    created_at: datetime | None = None  # the delivery's: its lag once delivered
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ def claim(session: Session, delivery_id: uuid.UUID, settings: Settings) -> Claim
         series=delivery.series,
         series_attempt=delivery.series_attempts,
         secrets=signing_keys.in_force(session, delivery.account_id).signing(),
+        created_at=delivery.created_at,
     )
 
 
@@ -568,7 +571,14 @@ def attempt_and_record(attempt: ClaimedAttempt, settings: Settings) -> AttemptRe
         outcome.value,
         result.status_code or result.error,
     )
+    for observe in ATTEMPT_OBSERVERS:
+        observe(attempt, result)
     return result
+
+
+# Called with each recorded attempt and its result: the background worker's metrics
+# (background/metrics.py) register here, so this module needs no process's code.
+ATTEMPT_OBSERVERS: list[Callable[[ClaimedAttempt, AttemptResult], None]] = []
 
 
 def sweep(settings: Settings | None = None, batch: int = SWEEP_BATCH) -> list[uuid.UUID]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -24,6 +24,8 @@ class CliResult:
 class Stack:
     state_dir: Path
     env: dict[str, str]
+    # Where each process ("api", "worker", "background") serves /metrics and its health.
+    ops_urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
