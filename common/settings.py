@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     # Log lines as JSON objects (one per line, for a log collector) or as plain text;
     # "auto": JSON in production, plain in development (common/logs.py).
     log_format: Literal["auto", "json", "plain"] = "auto"
-    # The GPU and background workers serve /metrics, /health/live and /health/ready on
-    # this port (0 = not at all); the API serves them on its own port.
+    # Every process serves /metrics, /health/live and /health/ready on this port, for
+    # Prometheus and the probes only (0 = not at all); the API's public port has the
+    # health endpoints but never the metrics (common/metrics.py).
     metrics_port: int = Field(default=9100, ge=0, le=65535)
     # How long /health/ready waits for each of PostgreSQL, Redis and S3 before it calls
     # the dependency down (the probe's own timeout must be longer).

@@ -41,7 +41,7 @@ METRICS: dict[str, MetricSpec] = {
     # Every process.
     "ssd_img2img_build_info": _spec("gauge", ("process", "version")),
     "ssd_img2img_dependency_errors_total": _spec("counter", ("dependency",)),
-    # The API (port 8000, /metrics).
+    # The API (METRICS_PORT, 9100: not its public port).
     "ssd_img2img_http_requests_total": _spec("counter", ("method", "route", "status"), "api"),
     "ssd_img2img_http_request_duration_seconds": _spec("histogram", ("method", "route"), "api"),
     "ssd_img2img_sync_waits_in_flight": _spec("gauge", (), "api"),
