@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from PIL import Image
 
 from common import error_ids, images, jobs, leases, metrics, scheduler, storage
 from common.db import session_scope
+from common.logs import log_context
 from common.models import Job
 from common.settings import Settings
 from common.storage import Storage
@@ -253,7 +254,8 @@ class BatchRun:
         recording = False
         self.heartbeat.start()
         try:
-            results = self._generate()
+            with self._log_context():
+                results = self._generate()
             if results is not None:
                 self.generated = time.perf_counter()
                 if recorder is not None:
@@ -264,6 +266,16 @@ class BatchRun:
         finally:
             if not recording:
                 self.heartbeat.stop()
+
+    def _log_context(self) -> AbstractContextManager[None]:
+        """Every line logged about this claim names the worker's lease, and its job
+        when it holds one (a batch's lines name theirs)."""
+        only = self.members[0].job if len(self.members) == 1 else None
+        return log_context(
+            worker=self.owner,
+            job_id=only.id if only else None,
+            account_id=only.account_id if only else None,
+        )
 
     def _generate(self) -> list[tuple[_Member, GenerationResult]] | None:
         """The pipeline call of the live members; None when it did not end normally
@@ -308,6 +320,10 @@ class BatchRun:
         return _request(job, self.store)
 
     def _record_all(self, results: list[tuple[_Member, GenerationResult]]) -> None:
+        with self._log_context():  # the recorder's thread has a context of its own
+            self._record_each(results)
+
+    def _record_each(self, results: list[tuple[_Member, GenerationResult]]) -> None:
         try:
             for member, result in results:
                 if member.ended:
