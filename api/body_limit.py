@@ -8,6 +8,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.asgi import HttpMiddleware
 from api.errors import error_response
 
 
@@ -19,17 +20,14 @@ class RequestBodyTooLarge(HTTPException):
         super().__init__(413, f"body: larger than the limit of {limit} bytes")
 
 
-class RequestBodyLimit:
-    """Pure ASGI middleware (no BaseHTTPMiddleware): it must see each body chunk."""
+class RequestBodyLimit(HttpMiddleware):
+    """Pure ASGI middleware (api/asgi.py): it must see each body chunk."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             error = RequestBodyTooLarge(self.max_bytes)

@@ -135,7 +135,25 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error_id = error_ids.new()
-        request.state.error_id = error_id  # the request's log line
-        logger.exception("%s: unhandled error on %s %s", error_id, request.method, request.url.path)
-        return error_response(500, error_ids.for_tenants("internal server error", error_id))
+        # Reached only from outside the request middleware (api/observability.py answers
+        # the requests' own unhandled errors, with their request id).
+        state = request.scope.setdefault("state", {})  # what request.state reads and writes
+        return unexpected_error(request.method, request.url.path, exc, state)
+
+
+def unexpected_error(
+    method: str, path: str, exc: BaseException, state: dict[str, object]
+) -> JSONResponse:
+    """The 500 of an unhandled error: a generic reason and an error id for the tenant,
+    the traceback logged under that id (recorded in `state` for the request's line)."""
+    error_id = error_ids.new()
+    state["error_id"] = error_id
+    logger.error(
+        "%s: unhandled error on %s %s",
+        error_id,
+        method,
+        path,
+        exc_info=exc,
+        extra={"error_id": error_id},
+    )
+    return error_response(500, error_ids.for_tenants("internal server error", error_id))

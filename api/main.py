@@ -40,6 +40,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The migrations' heads, read once now: parsing every migration file is not for the
     # first probe's time budget (HEALTH_CHECK_TIMEOUT_SECONDS).
     await run_in_threadpool(health.head_revisions)
+    metrics.forget_dead_processes()
     ops = metrics.serve_ops(settings.metrics_port, lambda: not_ready(settings))
     # One Redis subscriber per process wakes the synchronous (v1) waiters, another one
     # feeds the event streams (GET /v2/requests/{id}/events).
@@ -50,6 +51,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if ops is not None:
             ops.shutdown()
             ops.server_close()
+        metrics.leaving()
 
 
 def create_app() -> FastAPI:

@@ -4,11 +4,12 @@ not on this public port: common/metrics.py).
 
 `x-request-id`: a caller's own id (up to 128 printable ASCII characters) is kept,
 else one is made; it is returned on the answer and carried by every log line of the
-request. A synchronous (v1) submission answers with its job's id there instead: that
-is its documented meaning on that route (docs/api.md), and the caller's id is logged
-beside it as `client_request_id`.
+request. A synchronous (v1) submission answers with its job's id there instead, or
+with none when it made no job: that is its documented meaning on that route
+(docs/api.md); the request's own id is still in its log lines, and the caller's is
+logged beside the job's as `client_request_id`.
 
-Pure ASGI middleware, like api/response_headers.py: no extra task per request."""
+Pure ASGI middleware (api/asgi.py)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from api.asgi import HttpMiddleware
 from api.deps import SettingsDep
+from api.errors import unexpected_error
 from api.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
 from common import health
 from common.logs import log_context
@@ -34,6 +37,7 @@ logger = logging.getLogger("api.requests")
 REQUEST_ID_HEADER = "x-request-id"
 _CALLER_ID = re.compile(r"[\x21-\x7e]{1,128}")
 # Routes that are not worth a log line each: the probes and the scrape.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _QUIET_ROUTES = frozenset({"/health/live", "/health/ready", "/health"})
 
 
@@ -45,35 +49,42 @@ def _caller_request_id(scope: Scope) -> str | None:
     return None
 
 
-class RequestObservability:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class RequestObservability(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         caller_id = _caller_request_id(scope)
         request_id = caller_id or uuid.uuid4().hex
         state = scope.setdefault("state", {})
         status = 500  # what the server sends if the app raises before answering
 
+        # v1 submissions: the header is the job's id, set by the route, or absent when no
+        # job was made (a refusal): never this request's own id (see the docstring).
+        v1 = scope["path"].startswith("/v1/")
+        started_answer = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_answer
             if message["type"] == "http.response.start":
+                started_answer = True
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
                 answered_id = headers.get(REQUEST_ID_HEADER)
-                if answered_id is None:
+                if answered_id is None and not v1:
                     headers[REQUEST_ID_HEADER] = request_id
-                elif answered_id != request_id:  # v1: the job's id (see the docstring)
+                elif answered_id is not None and answered_id != request_id:
                     state["job_id"] = answered_id
             await send(message)
 
         with log_context(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                # Answered here rather than by Starlette's outermost error middleware, so
+                # that the 500 carries the request id and its log lines the error id.
+                if started_answer:
+                    raise  # too late for a response of our own: the server ends it
+                error = unexpected_error(scope["method"], scope["path"], exc, state)
+                await error(scope, receive, send_with_id)
             finally:
                 self._record(scope, state, status, started, caller_id)
 
@@ -83,7 +94,8 @@ class RequestObservability:
     ) -> None:
         elapsed = time.perf_counter() - started
         route = getattr(scope.get("route"), "path", None) or "unmatched"
-        method = scope["method"]
+        # Label values from a fixed set: a client's made-up method must not mint series.
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
         HTTP_REQUEST_SECONDS.labels(method=method, route=route).observe(elapsed)
         if route in _QUIET_ROUTES and status < 500:

@@ -2,24 +2,18 @@
 and the caller key's `X-RateLimit-*` (api/ratelimit.py). Endpoints and dependencies
 record them on the request's state; this middleware adds them as the answer starts.
 
-Pure ASGI rather than `@app.middleware("http")` (Starlette's BaseHTTPMiddleware): that
-one runs every request through an extra task and memory streams, a measurable part of
-a status poll's cost (docs/performance.md)."""
+Pure ASGI (api/asgi.py)."""
 
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from api.asgi import HttpMiddleware
 
 
-class AccountHeaders:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class AccountHeaders(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Request.state reads and writes this dict (uvicorn gives each request its own).
         state = scope.setdefault("state", {})
 

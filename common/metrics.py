@@ -13,7 +13,8 @@ the dashboard and alerts in infra/observability/).
 Several API processes on one host (uvicorn --workers N) share their figures through
 files: set PROMETHEUS_MULTIPROC_DIR to an empty folder before they start; each binds
 METRICS_PORT with SO_REUSEPORT and whichever answers a scrape serves the sum over all
-of them (prometheus_client's multi-process mode).
+of them (prometheus_client's multi-process mode; the `process_*` series are then not exported,
+each process's own being meaningless in a sum).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -96,10 +98,38 @@ def count_if_dependency(exc: BaseException) -> None:
         dependency_error(dependency)
 
 
+def _multiprocess_dir() -> Path | None:
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(folder) if folder else None
+
+
+def forget_dead_processes() -> None:
+    """At a process's start in multi-process mode: drop the live gauges of processes
+    that are gone (a uvicorn worker killed without its shutdown), or their v1 waits and
+    streams would stay counted. Counters and histograms keep their totals."""
+    folder = _multiprocess_dir()
+    if folder is None:
+        return
+    for path in folder.glob("gauge_live*_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            prometheus_multiprocess.mark_process_dead(pid)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def leaving() -> None:
+    """At a process's orderly end in multi-process mode: its live gauges go with it."""
+    if _multiprocess_dir() is not None:
+        prometheus_multiprocess.mark_process_dead(os.getpid())
+
+
 def exposition() -> bytes:
     """This process's metrics in Prometheus' text format; in multi-process mode, those
     of every process sharing PROMETHEUS_MULTIPROC_DIR."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if _multiprocess_dir() is not None:
         registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
@@ -111,8 +141,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 class _OpsServer(ThreadingHTTPServer):
     daemon_threads = True
-    # Several uvicorn workers of one API bind the same port (see the module docstring).
-    allow_reuse_port = True
 
 
 def serve_ops(port: int, readiness: Callable[[], str | None]) -> ThreadingHTTPServer | None:
@@ -150,6 +178,9 @@ def serve_ops(port: int, readiness: Callable[[], str | None]) -> ThreadingHTTPSe
         def log_message(self, format: str, *args: object) -> None:
             pass  # a scrape every few seconds is not worth a log line
 
+    # Several uvicorn workers of one API bind the same port (see the module docstring);
+    # otherwise a second process on the port is a mistake that must fail loudly.
+    _OpsServer.allow_reuse_port = _multiprocess_dir() is not None
     server = _OpsServer(("0.0.0.0", port), Handler)
     threading.Thread(target=server.serve_forever, name="ops-http", daemon=True).start()
     logger.info("metrics and health on port %d", port)

@@ -19,6 +19,7 @@ from tests.support.helpers import HELD_POOL, image_b64, insert_job, job_body
 from tests.support.live import Stack
 from tests.support.metric_names import METRICS
 from tests.support.waiting import wait_until
+from tests.support.webhook_receiver import webhook_receiver
 
 Series = tuple[str, frozenset[tuple[str, str]]]
 Samples = dict[Series, float]
@@ -87,13 +88,20 @@ def test_the_numbers_move_as_a_job_runs(live_stack: Stack) -> None:
     urls = live_stack.ops_urls
     before = {process: scrape(url) for process, url in urls.items()}
 
-    with httpx.Client(base_url=live_stack.api_url, headers={"x-api-key": key}) as client:
-        answer = client.post(
-            "/v1/ssd-img2img",
-            json=job_body(image=image_b64(64, 64), strength=0.05),  # one step
-            timeout=120,
+    with (
+        webhook_receiver() as receiver,
+        httpx.Client(base_url=live_stack.api_url, headers={"x-api-key": key}) as client,
+    ):
+        receiver.script("/done", 500)  # one failed attempt, then delivered
+        body = job_body(
+            image=image_b64(64, 64),
+            strength=0.05,  # one step
+            webhook_url=receiver.url("/done"),
+            webhook_events_filter=["completed"],
         )
-    assert answer.status_code == 200, answer.text
+        answer = client.post("/v1/ssd-img2img", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        receiver.wait_for("/done", 2, timeout=60)
     cost = 20  # samples × num_inference_steps
 
     api = _deltas(before["api"], scrape(urls["api"]))
@@ -138,6 +146,19 @@ def test_the_numbers_move_as_a_job_runs(live_stack: Stack) -> None:
         assert worker[series] >= 1, phase
     for histogram in ("job_queue_wait_seconds", "batch_size", "denoise_steps_per_second"):
         assert worker[(f"ssd_img2img_{histogram}_count", frozenset())] >= 1, histogram
+
+    # The webhook's attempts, counted once each is recorded (after its answer came).
+    def background_counted() -> Mapping[Series, float]:
+        return _deltas(before["background"], scrape(urls["background"]))
+
+    def attempts(outcome: str) -> float:
+        series = ("ssd_img2img_webhook_attempts_total", frozenset({"outcome": outcome}.items()))
+        return background_counted().get(series, 0.0)
+
+    wait_until(lambda: attempts("delivered") >= 1, timeout=30, what="the delivered attempt")
+    assert attempts("failed") >= 1
+    lag = ("ssd_img2img_webhook_delivery_lag_seconds_count", frozenset())
+    assert background_counted()[lag] >= 1
 
     # The queue gauges, read from PostgreSQL at each scrape of the background worker.
     held = insert_job(account_id, JobStatus.QUEUED)

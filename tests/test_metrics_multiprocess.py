@@ -1,6 +1,7 @@
 """Several API processes on one host (uvicorn --workers N) with PROMETHEUS_MULTIPROC_DIR:
 whichever of them answers a scrape serves the sum over all of them
-(common/metrics.py `exposition`), and an in-flight gauge counts live processes only."""
+(common/metrics.py `exposition`), and an in-flight gauge counts live processes only,
+whether the others ended in order or were killed."""
 
 from __future__ import annotations
 
@@ -12,33 +13,41 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-# Two processes count requests and hold one v1 wait each; the first then ends (as a
-# uvicorn worker that is replaced) and the second prints its exposition.
+# Three API processes count requests and hold one v1 wait each: the first ends in
+# order (its lifespan's shutdown), the second is killed; a replacement starts (its
+# lifespan's start) and answers the scrape, while the third is still up.
 SCRIPT = textwrap.dedent(
     """
-    import multiprocessing, os, sys
-    from prometheus_client import multiprocess
+    import multiprocessing, os, signal, sys
 
-    def serve(requests, done, hold):
+    def serve(requests, counted, end):
         from api.metrics import HTTP_REQUESTS, SYNC_WAITS
+        from common import metrics
         SYNC_WAITS.inc()
-        for _ in range(requests):
-            HTTP_REQUESTS.labels(method="GET", route="/v2/requests", status="200").inc()
-        done.set()
-        hold.wait()
+        HTTP_REQUESTS.labels(method="GET", route="/v2/requests", status="200").inc(requests)
+        counted.set()
+        end.wait()
+        metrics.leaving()
 
     if __name__ == "__main__":
         ctx = multiprocessing.get_context("spawn")
-        first_done, second_done, hold, forever = (ctx.Event() for _ in range(4))
-        first = ctx.Process(target=serve, args=(2, first_done, hold))
-        second = ctx.Process(target=serve, args=(3, second_done, forever))
-        first.start(); second.start()
-        assert first_done.wait(60) and second_done.wait(60)
-        hold.set(); first.join(60)
-        multiprocess.mark_process_dead(first.pid)  # what a supervisor does for a dead worker
-        from common.metrics import exposition
-        sys.stdout.write(exposition().decode())
-        second.kill(); second.join()
+        events = [(ctx.Event(), ctx.Event()) for _ in range(3)]
+        processes = [
+            ctx.Process(target=serve, args=(n, counted, end))
+            for n, (counted, end) in zip((2, 3, 4), events)
+        ]
+        for process in processes:
+            process.start()
+        assert all(counted.wait(60) for counted, _ in events)
+        events[0][1].set()
+        processes[0].join(60)
+        os.kill(processes[1].pid, signal.SIGKILL)
+        processes[1].join(60)
+        from common import metrics
+        metrics.forget_dead_processes()
+        sys.stdout.write(metrics.exposition().decode())
+        processes[2].kill()
+        processes[2].join()
     """
 )
 
@@ -63,5 +72,5 @@ def test_a_scrape_sums_every_api_process(tmp_path: Path) -> None:
         for sample in family.samples
     }
     labels = (("method", "GET"), ("route", "/v2/requests"), ("status", "200"))
-    assert samples[("ssd_img2img_http_requests_total", labels)] == 5  # 2 + 3
+    assert samples[("ssd_img2img_http_requests_total", labels)] == 9  # 2 + 3 + 4: all counted
     assert samples[("ssd_img2img_sync_waits_in_flight", ())] == 1  # the live one's only

@@ -62,6 +62,7 @@ class ClaimedJob:
     seed: int
     input_key: str
     queue_time: float | None
+    attempt: int = 1
 
     @classmethod
     def of(cls, job: Job) -> ClaimedJob:
@@ -72,6 +73,7 @@ class ClaimedJob:
             seed=job.seed,
             input_key=job.input_key,
             queue_time=jobs.seconds_between(job.created_at, job.started_at),
+            attempt=job.attempts,
         )
 
 
@@ -188,7 +190,9 @@ class BatchRun:
             for job in work.jobs
         ]
         for job in work.jobs:
-            if job.queue_time is not None:
+            # A first claim only: a job taken back and claimed again would count its
+            # earlier attempt as waiting.
+            if job.queue_time is not None and job.attempt == 1:
                 worker_metrics.QUEUE_WAIT.observe(job.queue_time)
         self.started = time.perf_counter()
         self.generated: float | None = None  # when the pipeline call returned
@@ -308,7 +312,7 @@ class BatchRun:
             return None
         finally:
             self.watcher.stop()  # records what was cancelled, reports the last steps
-        _observe_call(requests, results)
+        _observe_call(live, results)
         return list(zip(live, results, strict=True))
 
     def _input_of(self, job: ClaimedJob) -> GenerationRequest:
@@ -365,7 +369,7 @@ def _timed(phase: str) -> Iterator[None]:
     worker_metrics.PHASE_SECONDS.labels(phase=phase).observe(time.perf_counter() - started)
 
 
-def _observe_call(requests: Sequence[GenerationRequest], results: list[GenerationResult]) -> None:
+def _observe_call(members: Sequence[_Member], results: list[GenerationResult]) -> None:
     """The pipeline call's phases, speed and size (once per call, not per job)."""
     if not results:
         return
@@ -375,7 +379,7 @@ def _observe_call(requests: Sequence[GenerationRequest], results: list[Generatio
             worker_metrics.PHASE_SECONDS.labels(phase=phase).observe(timings[phase])
     if timings.get("denoise"):
         worker_metrics.STEPS_PER_SECOND.observe(results[0].steps_run / timings["denoise"])
-    worker_metrics.BATCH_SIZE.observe(sum(request.samples for request in requests))
+    worker_metrics.BATCH_SIZE.observe(sum(m.job.params.get("samples", 1) for m in members))
 
 
 class Recorder:

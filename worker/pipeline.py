@@ -451,6 +451,7 @@ def generate_batch(
         return kwargs
 
     with _GENERATE_LOCK:
+        clock.start()  # not the wait for the lock
         original = run.scheduler
         # A fresh scheduler per call, put back afterwards: the pipe (and a later
         # save_pretrained) always keeps the model's own scheduler.
@@ -497,13 +498,16 @@ class _PhaseClock:
     must be the one that pays for them."""
 
     def __init__(self, device: torch.device) -> None:
-        self._cuda = device.type == "cuda"
+        self._device = device
         self._last = time.perf_counter()
         self.phases: dict[str, float] = {}
 
+    def start(self) -> None:
+        self._last = time.perf_counter()
+
     def mark(self, phase: str) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
         now = time.perf_counter()
         self.phases[phase] = now - self._last
         self._last = now
