@@ -21,6 +21,7 @@ the compose healthcheck).
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,8 @@ from common import redis_clients
 from common.settings import Settings
 
 _FRESH_SECONDS = 1.0
+# What pg_stat_activity shows for these connections: which process's readiness checks.
+APPLICATION_NAME = f"ssd-img2img readiness {os.getpid()}"
 _CHECKS = ThreadPoolExecutor(max_workers=3, thread_name_prefix="health")
 _ONE_AT_A_TIME = threading.Lock()
 _last: tuple[float, tuple[object, ...], dict[str, str]] | None = None
@@ -71,7 +74,10 @@ def _engine(url: str, timeout: float) -> Engine:
         max_overflow=0,
         pool_timeout=timeout,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": max(1, math.ceil(timeout))},
+        connect_args={
+            "connect_timeout": max(1, math.ceil(timeout)),
+            "application_name": APPLICATION_NAME,
+        },
     )
 
 

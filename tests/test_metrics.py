@@ -161,17 +161,20 @@ def test_the_numbers_move_as_a_job_runs(live_stack: Stack) -> None:
     assert background_counted()[lag] >= 1
 
     # The queue gauges, read from PostgreSQL at each scrape of the background worker.
+    # Another test may have left jobs in that pool: compared with its count before.
+    pool = frozenset({"queue": HELD_POOL}.items())
+    queued = ("ssd_img2img_jobs_queued", pool)
+    waiting_before = scrape(urls["background"]).get(queued, 0.0)
     held = insert_job(account_id, JobStatus.QUEUED)
     try:
         time.sleep(1.1)  # an age of a second at least
         background = scrape(urls["background"])
-        pool = frozenset({"queue": HELD_POOL}.items())
-        assert background[("ssd_img2img_jobs_queued", pool)] >= 1
+        assert background[queued] == waiting_before + 1
         assert background[("ssd_img2img_oldest_queued_job_age_seconds", pool)] >= 1
     finally:
         with session_scope() as session:
             fail(session, held, "ended by the metrics test")
-    assert ("ssd_img2img_jobs_queued", pool) not in scrape(urls["background"])
+    assert scrape(urls["background"]).get(queued, 0.0) == waiting_before
 
 
 def test_a_request_id_is_kept_or_made_and_logged(live_stack: Stack) -> None:
