@@ -40,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     common_metrics.announce("background")
     background_metrics.install()
     consuming = threading.Event()
-    common_metrics.serve_ops(
-        settings.metrics_port, lambda: None if consuming.is_set() else "starting"
-    )
+    try:
+        common_metrics.serve_ops(
+            settings.metrics_port, lambda: None if consuming.is_set() else "starting"
+        )
+    except common_metrics.OpsPortError as exc:
+        print(f"background: {exc}", file=sys.stderr)
+        return 2
 
     @worker_ready.connect(weak=False)
     def _consuming(**_: object) -> None:

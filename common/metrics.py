@@ -139,6 +139,10 @@ def exposition() -> bytes:
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class OpsPortError(RuntimeError):
+    """METRICS_PORT is taken (another process of this host has it) or not allowed."""
+
+
 class _OpsServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -181,7 +185,13 @@ def serve_ops(port: int, readiness: Callable[[], str | None]) -> ThreadingHTTPSe
     # Several uvicorn workers of one API bind the same port (see the module docstring);
     # otherwise a second process on the port is a mistake that must fail loudly.
     _OpsServer.allow_reuse_port = _multiprocess_dir() is not None
-    server = _OpsServer(("0.0.0.0", port), Handler)
+    try:
+        server = _OpsServer(("0.0.0.0", port), Handler)  # scraped from other hosts
+    except OSError as exc:
+        raise OpsPortError(
+            f"METRICS_PORT {port} cannot be used ({exc.strerror}): give each process on "
+            "this host a port of its own, or METRICS_PORT=0 for none"
+        ) from exc
     threading.Thread(target=server.serve_forever, name="ops-http", daemon=True).start()
     logger.info("metrics and health on port %d", port)
     return server

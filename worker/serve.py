@@ -39,10 +39,14 @@ def serve(settings: Settings, ready_file: Path | None, loglevel: str) -> int:
     # Up from here: alive while the model loads (minutes for a first download), ready
     # only once it is loaded, warmed up and the worker consumes its queue.
     ready = threading.Event()
-    metrics.serve_ops(
-        settings.metrics_port,
-        lambda: None if ready.is_set() else "the model is loading or warming up",
-    )
+    try:
+        metrics.serve_ops(
+            settings.metrics_port,
+            lambda: None if ready.is_set() else "the model is loading or warming up",
+        )
+    except metrics.OpsPortError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
     logger.info("loading %s (device=%s)", settings.model_id, settings.model_device)
     try:
         device = resolve_device(settings.model_device)
