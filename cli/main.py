@@ -12,6 +12,7 @@ import click
 from cli import accounts as accounts_commands
 from cli import reliability
 from cli import webhooks as webhooks_commands
+from cli.client import commands as client_commands
 from common import accounts
 from common.db import session_scope
 
@@ -51,6 +52,7 @@ for _command in accounts_commands.ACCOUNT_COMMANDS:
 main.add_command(accounts_commands.keys_group)
 main.add_command(reliability.reconcile_command)  # `ssd-img2img reconcile`
 main.add_command(webhooks_commands.webhooks_group)  # `ssd-img2img webhooks ...`
+main.add_command(client_commands.client_group)  # `ssd-img2img client ...`: tenants, HTTP only
 
 
 @main.group("model")
