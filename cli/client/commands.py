@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -139,24 +140,31 @@ def _status_line(data: dict[str, Any]) -> str:
     return line
 
 
-@client_group.command("show")
-@click.argument("request_id")
-@json_option
-@click.pass_context
+def _request_command(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """A `client NAME REQUEST_ID [--json]` command."""
+
+    def decorate(function: Callable[..., None]) -> click.Command:
+        with_options = click.argument("request_id")(json_option(click.pass_context(function)))
+        return client_group.command(name)(with_options)
+
+    return decorate
+
+
+def _show_status(ctx: click.Context, as_json: bool, method: str, path: str) -> None:
+    data = _api(ctx).call(method, path, ok=(200, 202, 422))
+    _emit(data, as_json, _status_line(data))
+
+
+@_request_command("show")
 def show(ctx: click.Context, request_id: str, as_json: bool) -> None:
     """One request's status (a FAILED one with its error)."""
-    data = _api(ctx).call("GET", f"/v2/requests/{request_id}/status", ok=(200, 422))
-    _emit(data, as_json, _status_line(data))
+    _show_status(ctx, as_json, "GET", f"/v2/requests/{request_id}/status")
 
 
-@client_group.command("cancel")
-@click.argument("request_id")
-@json_option
-@click.pass_context
+@_request_command("cancel")
 def cancel(ctx: click.Context, request_id: str, as_json: bool) -> None:
     """Cancel a QUEUED request (at once, refunded) or a PROCESSING one (within a step)."""
-    data = _api(ctx).call("POST", f"/v2/requests/{request_id}/cancel", ok=(200, 202))
-    _emit(data, as_json, _status_line(data))
+    _show_status(ctx, as_json, "POST", f"/v2/requests/{request_id}/cancel")
 
 
 @client_group.command("wait")
