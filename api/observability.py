@@ -131,7 +131,7 @@ async def ready(settings: SettingsDep) -> Response:
     """PostgreSQL (at the head migration), Redis and S3 reachable within
     HEALTH_CHECK_TIMEOUT_SECONDS: 200, else 503 with what is wrong (common/health.py)."""
     checks = await run_in_threadpool(health.readiness, settings)
-    down = sorted(name for name, state in checks.items() if state != "ok")
+    down = health.down(checks)
     if not down:
         return JSONResponse({"status": "ok", "checks": checks})
     return JSONResponse(
@@ -142,5 +142,5 @@ async def ready(settings: SettingsDep) -> Response:
 def not_ready(settings: Settings) -> str | None:
     """The readiness of METRICS_PORT's /health/ready: None, or what is down."""
     checks = health.readiness(settings)
-    down = sorted(name for name, state in checks.items() if state != "ok")
+    down = health.down(checks)
     return f"not ready: {', '.join(f'{n}: {checks[n]}' for n in down)}" if down else None

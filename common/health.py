@@ -163,6 +163,11 @@ def readiness(settings: Settings) -> dict[str, str]:
         _ONE_AT_A_TIME.release()
 
 
+def down(checks: dict[str, str]) -> list[str]:
+    """The dependencies `readiness` found not ok, by name."""
+    return sorted(name for name, state in checks.items() if state != "ok")
+
+
 def _run(settings: Settings, timeout: float) -> dict[str, str]:
     futures = {name: _CHECKS.submit(check, settings) for name, check in CHECKS.items()}
     wait_for(futures.values(), timeout=timeout)  # one deadline for all three
