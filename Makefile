@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 # pulls a multi-GB CUDA build.
 TORCH_SPEC ?= $(shell grep '^torch==' constraints.txt)
 STAMP := $(VENV)/.installed
+# Python writes its bytecode caches: a machine that sets PYTHONDONTWRITEBYTECODE would
+# otherwise compile torch, diffusers and the rest from source in every process the tests,
+# the stack and the demo start (half a minute each; docs/performance.md "CI").
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv up down demo test test-fast lint typecheck check clean wheelhouse
 
