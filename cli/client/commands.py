@@ -7,58 +7,16 @@ ends FAILED or CANCELLED makes `wait` exit 1 too.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import click
-import httpx
 
-from cli.client.config import ClientConfig, resolve, save
-
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
-
-
-class Api:
-    """The service's HTTP API with the caller's key; errors as click exceptions."""
-
-    def __init__(self, config: ClientConfig, timeout: float = 30) -> None:
-        self.config = config
-        self.http = httpx.Client(
-            base_url=config.api_url, headers={"x-api-key": config.api_key}, timeout=timeout
-        )
-
-    def call(self, method: str, path: str, ok: tuple[int, ...] = (200,), **kw: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kw)
-        except httpx.HTTPError as exc:
-            raise click.ClickException(
-                f"cannot reach {self.config.api_url}: {type(exc).__name__}"
-            ) from exc
-        if response.status_code not in ok:
-            raise click.ClickException(_error_of(response))
-        return response.json()
-
-
-def _error_of(response: httpx.Response) -> str:
-    try:
-        message = response.json().get("error")
-    except ValueError:
-        message = None
-    return f"{response.status_code}: {message or response.reason_phrase}"
-
-
-def _api(ctx: click.Context) -> Api:
-    api_url, api_key = ctx.obj
-    return Api(resolve(api_url, api_key))
-
-
-def _emit(data: Any, as_json: bool, human: str) -> None:
-    click.echo(json.dumps(data, indent=2) if as_json else human)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="The service's JSON.")
+from cli.client import run as run_command
+from cli.client.api import Api, api_of, emit, json_option
+from cli.client.config import ClientConfig, save
+from cli.client.follow import TERMINAL
 
 
 @click.group("client")
@@ -87,7 +45,7 @@ def login(url: str, key: str) -> None:
 @click.pass_context
 def account(ctx: click.Context, as_json: bool) -> None:
     """Balance, limits and the latest ledger entries."""
-    data = _api(ctx).call("GET", "/v1/account")
+    data = api_of(ctx).call("GET", "/v1/account")
     lines = [
         f"account   {data['name']} ({data['status']})",
         f"balance   {data['balance']} credits",
@@ -97,7 +55,7 @@ def account(ctx: click.Context, as_json: bool) -> None:
     for entry in data["recent_ledger"]:
         job = f" job {entry['job_id']}" if entry.get("job_id") else ""
         lines.append(f"  {entry['created_at']}  {entry['amount']:+d}  {entry['reason']}{job}")
-    _emit(data, as_json, "\n".join(lines))
+    emit(data, as_json, "\n".join(lines))
 
 
 @client_group.command("requests")
@@ -119,14 +77,14 @@ def list_requests(
         params["status"] = status
     if cursor:
         params["cursor"] = cursor
-    data = _api(ctx).call("GET", "/v2/requests", params=params)
+    data = api_of(ctx).call("GET", "/v2/requests", params=params)
     lines = [
         f"{item['request_id']}  {item['status']:<10}  {item['created_at']}  {item['cost']} credits"
         for item in data["requests"]
     ]
     if data.get("next_cursor"):
         lines.append(f"more: --cursor {data['next_cursor']}")
-    _emit(data, as_json, "\n".join(lines) or "no requests")
+    emit(data, as_json, "\n".join(lines) or "no requests")
 
 
 def _status_line(data: dict[str, Any]) -> str:
@@ -151,8 +109,8 @@ def _request_command(name: str) -> Callable[[Callable[..., None]], click.Command
 
 
 def _show_status(ctx: click.Context, as_json: bool, method: str, path: str) -> None:
-    data = _api(ctx).call(method, path, ok=(200, 202, 422))
-    _emit(data, as_json, _status_line(data))
+    data = api_of(ctx).call(method, path, ok=(200, 202, 422))
+    emit(data, as_json, _status_line(data))
 
 
 @_request_command("show")
@@ -174,7 +132,7 @@ def cancel(ctx: click.Context, request_id: str, as_json: bool) -> None:
 @click.pass_context
 def wait(ctx: click.Context, request_id: str, timeout: float, as_json: bool) -> None:
     """Until the request ends; exits 1 unless it COMPLETED."""
-    api = _api(ctx)
+    api = api_of(ctx)
     deadline = time.monotonic() + timeout
     while True:
         data = api.call("GET", f"/v2/requests/{request_id}/status", ok=(200, 422))
@@ -183,6 +141,9 @@ def wait(ctx: click.Context, request_id: str, timeout: float, as_json: bool) -> 
         if time.monotonic() > deadline:
             raise click.ClickException(f"{request_id} still {data['status']} after {timeout:g}s")
         time.sleep(0.5)
-    _emit(data, as_json, _status_line(data))
+    emit(data, as_json, _status_line(data))
     if data["status"] != "COMPLETED":
         raise SystemExit(1)
+
+
+client_group.add_command(run_command.run)
