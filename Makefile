@@ -49,8 +49,18 @@ test: venv
 	$(PYTEST) $(PYTEST_ARGS)
 
 # The unit and database tiers: no process of the service is started (docs/development.md).
+# Two pytest processes side by side, split by what they import: the model's tests
+# (tests/worker/, torch and diffusers) and the rest, which then never imports them
+# (tests/test_layout.py); under pytest-xdist each process would import everything. The
+# model tests' report follows the other's.
+FAST := $(BIN)/pytest -q -p no:xdist -m "not e2e"
 test-fast: venv
-	$(PYTEST) -m "not e2e" $(PYTEST_ARGS)
+	@report=$$(mktemp); \
+	$(FAST) tests/worker $(PYTEST_ARGS) >$$report 2>&1 & model=$$!; \
+	$(FAST) --ignore=tests/worker $(PYTEST_ARGS); rest=$$?; \
+	wait $$model; models=$$?; \
+	echo "--- tests/worker:"; cat $$report; rm -f $$report; \
+	test $$rest -eq 0 && test $$models -eq 0
 
 lint: venv
 	$(BIN)/ruff check .

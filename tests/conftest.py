@@ -23,16 +23,21 @@ from tests.support.db import forget_settings, rolled_back_session
 from tests.support.live import Stack
 
 
+def _tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "tiny-model"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`ssd-img2img model make-tiny`, run in this process: the test modules have imported
-    diffusers already, while the process `stack.ensure_tiny_model` starts spends 15-20 s
-    of CPU importing it again (on each pytest-xdist worker)."""
+    """`ssd-img2img model make-tiny`, run in this process, once a test needs the model:
+    this pytest process then imports diffusers (seconds of CPU) for the model's tests or
+    a stack's worker, while the process `stack.ensure_tiny_model` starts would import
+    it a second time. The unit and database tiers never need it (`make test-fast`)."""
     from click.testing import CliRunner
 
     from cli.main import main
 
-    path = tmp_path_factory.mktemp("model") / "tiny"
+    path = _tiny_model_path(tmp_path_factory)
     result = CliRunner().invoke(main, ["model", "make-tiny", str(path)])
     assert result.exit_code == 0, result.output
     return path
@@ -40,13 +45,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def services_env(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Path, dict[str, str]]]:
     """PostgreSQL, Redis and S3 running and migrated; the settings as environment."""
     state_dir = tmp_path_factory.mktemp("stack")
     try:
         services = start_services(state_dir, fast=True)
-        env = stack.service_env(services, f"http://127.0.0.1:{free_port()}", tiny_model_dir)
+        # MODEL_ID names where tiny_model_dir builds the model: the live stack's worker
+        # asks for it to be built; the database tier never loads it.
+        api_url = f"http://127.0.0.1:{free_port()}"
+        env = stack.service_env(services, api_url, _tiny_model_path(tmp_path_factory))
         # Tests poll job status at 10 Hz and hold many jobs at once; the limit tests set
         # low limits per account instead (tests/test_limits.py).
         env["DEFAULT_RATE_LIMIT_PER_MINUTE"] = "1000000"
@@ -85,9 +93,10 @@ def db(services_env: tuple[Path, dict[str, str]]) -> Iterator[Session]:
 
 
 @pytest.fixture(scope="session")
-def live_stack(services_env: tuple[Path, dict[str, str]]) -> Stack:
+def live_stack(services_env: tuple[Path, dict[str, str]], tiny_model_dir: Path) -> Stack:
     """The API, one GPU worker and the CPU worker, as separate processes."""
     state_dir, env = services_env
+    assert env["MODEL_ID"] == str(tiny_model_dir.resolve())
     port = int(env["API_URL"].rsplit(":", 1)[1])
     # Each process serves /metrics and its health on a port of its own
     # (tests/test_metrics.py).
@@ -112,7 +121,7 @@ E2E_FIXTURES = frozenset(
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Each test gets its tier from what it uses: `e2e` (processes of the service, or
     marked so), else `db` (real PostgreSQL, Redis, S3), else `unit` (no services).
     `make test-fast` runs the first two tiers: `-m "not e2e"`."""
@@ -128,5 +137,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # tests on the live stack all go to one of them, which alone starts that stack;
         # any other module runs whole in one process, so that its module-scoped stacks
         # (tests/test_faults.py) start once.
-        group = "live_stack" if "live_stack" in fixtures else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        if config.pluginmanager.hasplugin("xdist"):
+            group = "live_stack" if "live_stack" in fixtures else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))

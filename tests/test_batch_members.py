@@ -8,6 +8,7 @@ import base64
 import io
 import re
 import uuid
+from types import ModuleType
 from typing import Any, cast
 
 import numpy as np
@@ -24,8 +25,6 @@ from tests.support.live import Stack
 from tests.support.pausing import gpu_workers_paused
 from tests.support.reads import balance, ledger_of, ledger_sum, load_job
 from tests.support.waiting import wait_until
-from worker import execute
-from worker.pipeline import NON_FINITE_OUTPUT, GenerationResult
 from worker.prefetch import InputPrefetcher
 
 SHAPE = {"image": image_b64(64, 64), "scheduler": "Euler a", "strength": 0.5}
@@ -36,6 +35,16 @@ MEDIUM = {
     "strength": 0.99,
     "scheduler": "DPM2 Karras",
 }
+
+
+@pytest.fixture
+def execute() -> ModuleType:
+    """worker.execute (torch, diffusers), imported by the tests that run it rather than
+    by this module: `make test-fast` collects the module without running its tests and
+    never imports torch (tests/test_layout.py)."""
+    from worker import execute as module
+
+    return module
 
 
 def pixels(job_id: str, index: int = 0) -> np.ndarray:
@@ -146,7 +155,10 @@ def test_a_member_whose_input_is_unreadable_fails_alone(live_stack: Stack) -> No
 
 
 def test_a_failed_call_fails_every_member_refunded_once(
-    live_stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    live_stack: Stack,
+    execute: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The worker's own batch run, in this process, with a pipeline call that fails."""
     account_id, _ = live_stack.create_account(credits=1000)
@@ -188,10 +200,12 @@ def test_a_failed_call_fails_every_member_refunded_once(
 
 
 def test_a_member_with_non_finite_pixels_fails_refunded_and_the_others_complete(
-    live_stack: Stack, monkeypatch: pytest.MonkeyPatch
+    live_stack: Stack, execute: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The NaN guard through the worker's batch run: the member whose pixels overflowed
     fails with the guard's message (refunded, nothing uploaded), its batch-mate completes."""
+    from worker.pipeline import NON_FINITE_OUTPUT, GenerationResult
+
     account_id, _ = live_stack.create_account(credits=1000)
     pool = f"nan-{uuid.uuid4().hex[:8]}"  # no worker claims from it but this test
     ids = [
@@ -225,10 +239,12 @@ def test_a_member_with_non_finite_pixels_fails_refunded_and_the_others_complete(
 
 
 def test_the_next_input_is_read_while_the_gpu_works_and_the_next_claim_uses_it(
-    live_stack: Stack, monkeypatch: pytest.MonkeyPatch
+    live_stack: Stack, execute: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the first claim generates, the prefetcher reads the fair order's next job's
     input; the claim of that job then reads nothing from S3."""
+    from worker.pipeline import GenerationResult
+
     account_id, _ = live_stack.create_account(credits=1000)
     pool = f"prefetch-{uuid.uuid4().hex[:8]}"  # no worker claims from it but this test
     store = get_storage()

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu
 from tests.support.live import Stack
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array:DeprecationWarning")
@@ -18,6 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array:DeprecationWarning")
 def test_the_gpu_bench_runs_every_phase_on_a_cpu(
     live_stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from bench import gpu  # torch and diffusers: imported where it runs
+
     _, key = live_stack.create_account(credits=100_000, name="bench-gpu")
     gpu.main(
         [

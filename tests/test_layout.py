@@ -56,10 +56,16 @@ def test_the_production_images_carry_their_process_and_not_the_local_stack() -> 
     assert "devstack" not in api | worker
 
 
-def _module_graph() -> dict[str, set[str]]:
+def _module_graph(
+    packages: tuple[str, ...] = (*PROCESSES, "common", "cli", "devstack"),
+    outside: set[str] | None = None,
+    parents: bool = False,
+) -> dict[str, set[str]]:
     """Module → the project's modules it imports at import time (top-level statements,
-    `if TYPE_CHECKING:` blocks left out)."""
-    packages = (*PROCESSES, "common", "cli", "devstack")
+    `if TYPE_CHECKING:` blocks left out), and any of `outside` (top-level package names
+    of other distributions, e.g. "torch") it imports itself. `parents`: importing a.b.c
+    runs a/__init__.py and a/b/__init__.py too (left out for the circle check: a
+    package that imports its own modules is no circle)."""
     modules: dict[str, Path] = {}
     for package in packages:
         for path in (ROOT / package).rglob("*.py"):
@@ -79,7 +85,10 @@ def _module_graph() -> dict[str, set[str]]:
                 for alias in node.names:  # a submodule, else a name of the module
                     sub = f"{node.module}.{alias.name}"
                     targets.add(sub if sub in modules else node.module)
+        if parents:
+            targets |= {t.rsplit(".", i)[0] for t in targets for i in range(1, t.count(".") + 1)}
         graph[name] = {t for t in targets if t in modules and t != name}
+        graph[name] |= {t.split(".")[0] for t in targets} & (outside or set())
     return graph
 
 
@@ -102,6 +111,41 @@ def test_no_module_imports_itself_back_through_others() -> None:
         if module not in state:
             visit(module, [module])
     assert not cycles, cycles
+
+
+MODEL_LIBRARIES = {"torch", "diffusers", "transformers"}
+
+
+def test_only_the_model_tests_import_torch_when_collected() -> None:
+    """`make test-fast` runs the model tests (tests/worker/) in a pytest process of their
+    own: the other process then never imports torch and diffusers (over ten seconds of
+    CPU on a small machine), as long as no other test module, nor what it imports,
+    imports them at import time. The tests that run a model import it inside."""
+    graph = _module_graph(
+        (*PROCESSES, "common", "cli", "devstack", "tests", "bench"), MODEL_LIBRARIES, parents=True
+    )
+    assert MODEL_LIBRARIES & graph["worker.pipeline"]  # the check sees what it looks for
+
+    def reaches(start: str) -> list[str] | None:
+        """The import chain from `start` to a model library, if any."""
+        seen, paths = {start}, [[start]]
+        while paths:
+            path = paths.pop()
+            for target in sorted(graph.get(path[-1], ())):
+                if target in MODEL_LIBRARIES:
+                    return [*path, target]
+                if target not in seen:
+                    seen.add(target)
+                    paths.append([*path, target])
+        return None
+
+    starts = [
+        m
+        for m in graph
+        if m.startswith("tests.") and not m.startswith(("tests.worker", "tests.support"))
+    ]
+    chains = {m: chain for m in starts if (chain := reaches(m))}
+    assert not chains, chains
 
 
 _NAMED_PATH = re.compile(

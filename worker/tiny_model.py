@@ -110,12 +110,16 @@ def _unet() -> UNet2DConditionModel:
         in_channels=4,
         out_channels=4,
         block_out_channels=(32, 64),
-        layers_per_block=2,
+        # One resnet and one transformer layer per block: the tiny model's cost is
+        # Python overhead per module (a 64² call is microseconds of arithmetic), so
+        # depth is what makes every test job slow; SSD-1B's real depths are checked on
+        # the full-size random model (worker/random_model.py).
+        layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
         use_linear_projection=True,
-        transformer_layers_per_block=(1, 2),
+        transformer_layers_per_block=1,
         cross_attention_dim=2 * _TEXT_WIDTH,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,

@@ -13,6 +13,10 @@ import time
 from collections.abc import Sequence
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Terminal:
     def __init__(self, args: Sequence[str], env: dict[str, str], stdin_tty: bool = True) -> None:
         """`stdin_tty=False`: stdin is /dev/null (a command run from a script that
@@ -21,7 +25,15 @@ class Terminal:
         self.master = master
         stdin = slave if stdin_tty else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            list(args), stdin=stdin, stdout=slave, stderr=slave, env=env, close_fds=True
+            list(args),
+            stdin=stdin,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            close_fds=True,
+            # A shell starts commands with Ctrl-C's default; a pytest-xdist worker
+            # ignores SIGINT, and an ignored signal stays ignored across exec.
+            preexec_fn=_default_sigint,
         )
         os.close(slave)  # the child holds it; EOF on the master once the child is gone
         self.output = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,6 @@ from worker.pipeline import (
     load_pipeline,
 )
 from worker.schedulers import SCHEDULERS, SchedulerSpec, UnknownSchedulerError
-from worker.tiny_model import make_tiny_pipeline
 
 SIZE = 64
 # A batched UNet and VAE decode run other float32 kernels than a batch of one.
@@ -40,8 +40,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory: pytest.TempPathFactory) -> StableDiffusionXLImg2ImgPipeline:
-    model_dir = make_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
+def pipe(model_dir: Path) -> StableDiffusionXLImg2ImgPipeline:
     return load_pipeline(str(model_dir), device="cpu")
 
 

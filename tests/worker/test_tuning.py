@@ -17,14 +17,8 @@ from tests.support.worker_requests import make_request
 from worker import tuning
 from worker.pipeline import generate, load_pipeline
 from worker.recycle import Recycler
-from worker.tiny_model import make_tiny_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array:DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
 
 
 def _pipe(model_dir: Path) -> StableDiffusionXLImg2ImgPipeline:
