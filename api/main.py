@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.account import router as account_router
 from api.admin.endpoints import router as admin_router
 from api.body_limit import RequestBodyLimit
+from api.console import router as console_router
 from api.deps import SessionDep
 from api.errors import install_error_handlers
 from api.img2img.cancel import router as cancel_router
@@ -81,6 +82,7 @@ def create_app() -> FastAPI:
     app.include_router(admin_router)
     app.include_router(webhooks_router)
     app.include_router(ops_router)
+    app.include_router(console_router)
 
     @app.get("/health", tags=["ops"])
     def health(session: SessionDep) -> dict[str, str]:

@@ -153,6 +153,12 @@ def stack_up(state_dir: Path, api_port: int, model_id: str | None) -> None:
     except local_stack.StackError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"stack is up: API {env['API_URL']}; settings in {state_dir / 'env'}")
+    installed = Path(sys.executable).with_name("ssd-img2img")
+    command = installed if installed.exists() else "ssd-img2img"
+    click.echo(
+        f"web console: {env['API_URL']}/console; sign in with an API key from\n"
+        f"  source {state_dir / 'env'} && {command} accounts create --name NAME --credits 1000"
+    )
 
 
 @stack_group.command("down")

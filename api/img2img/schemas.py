@@ -127,6 +127,12 @@ class ResultResponse(BaseModel):
         "API's authenticated /outputs/{index} URLs (OUTPUT_URL_MODE).",
     )
     seed: int
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Not Segmind's: what the request asked for (prompt, negative_prompt, "
+        "samples, scheduler, num_inference_steps, guidance_scale, strength) and the output's "
+        "width and height.",
+    )
     error: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     expired: bool = Field(

@@ -83,6 +83,21 @@ def status_body(
     )
 
 
+# The request's own fields kept in `jobs.params`, shown back to its owner (the console's
+# request page); the worker's internal fields stay out.
+PARAMETERS = (
+    "prompt",
+    "negative_prompt",
+    "samples",
+    "scheduler",
+    "num_inference_steps",
+    "guidance_scale",
+    "strength",
+    "width",
+    "height",
+)
+
+
 def result_response(job: Job, request: Request, settings: Settings, store: Storage) -> JSONResponse:
     """The answer of GET /v2/requests/{id} for `job` (also its event stream's last event)."""
     now = jobs.utcnow()
@@ -97,6 +112,7 @@ def result_response(job: Job, request: Request, settings: Settings, store: Stora
         status=job.status.value,
         output=output,
         seed=job.seed,
+        parameters={k: job.params[k] for k in PARAMETERS if k in job.params},
         error=job.error,
         metrics=job.metrics or {},
         expired=expired_at is not None,
