@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from common.models import JobStatus
-from tests.support.browser import chromium, screenshot, wait_for
+from tests.support.browser import chromium, screenshot
 from tests.support.helpers import HELD_POOL, image_b64, insert_job, job_body, wait_terminal
 from tests.support.live import Stack
+from tests.support.waiting import wait_until
 from tests.support.webhook_receiver import webhook_receiver
 
 
@@ -46,12 +47,12 @@ def sign_in(browser: Any, stack: Stack, key: str) -> None:
     browser.get(f"{stack.api_url}/console#/try")
     by_id(browser, "api-key").send_keys(key)
     by_id(browser, "sign-in-form").submit()
-    wait_for(lambda: by_id(browser, "nav").is_displayed(), "the signed-in menu")
+    wait_until(lambda: by_id(browser, "nav").is_displayed(), "the signed-in menu")
 
 
 def go(browser: Any, page: str, ready_id: str) -> Any:
     browser.execute_script(f"location.hash = '#/{page}'")
-    return wait_for(lambda: browser.find_elements("id", ready_id), f"the {page} page")[0]
+    return wait_until(lambda: browser.find_elements("id", ready_id), f"the {page} page")[0]
 
 
 def set_value(browser: Any, element_id: str, value: str) -> None:
@@ -80,7 +81,7 @@ def test_a_wrong_key_is_refused_in_words(browser: Any, live_stack: Stack) -> Non
     browser.refresh()
     by_id(browser, "api-key").send_keys("sk-not-a-key")
     by_id(browser, "sign-in-form").submit()
-    message = wait_for(lambda: error_text(browser), "the error")
+    message = wait_until(lambda: error_text(browser), "the error")
     assert message.startswith("401: ")
     assert browser.execute_script("return sessionStorage.length") == 0
     assert not by_id(browser, "nav").is_displayed()
@@ -108,7 +109,7 @@ def test_try_it_shows_the_cost_the_progress_and_the_result(
             seen.append(float(bars[0].get_attribute("value")))
         return text_of(browser, "run-state").startswith("COMPLETED")
 
-    wait_for(finished, "the job to complete", timeout=300)
+    wait_until(finished, "the job to complete", timeout=300)
     assert seen[-1] == 1 and any(0 < value < 1 for value in seen), seen
 
     def outputs() -> list[Any]:
@@ -121,8 +122,8 @@ def test_try_it_shows_the_cost_the_progress_and_the_result(
         width_height: list[int] = browser.execute_script(size, image)
         return width_height if width_height[0] else None
 
-    images = wait_for(outputs, "two outputs")
-    sizes = [wait_for(lambda i=i: natural_size(i), "decoded") for i in images]
+    images = wait_until(outputs, "two outputs")
+    sizes = [wait_until(lambda i=i: natural_size(i), "decoded") for i in images]
     assert sizes == [[96, 64], [96, 64]]
     assert by_id(browser, "balance").text == "Balance: 800 credits"
     code = browser.find_element("css selector", "#run details").get_attribute("textContent")
@@ -142,10 +143,10 @@ def test_cancel_stops_a_running_job(browser: Any, live_stack: Stack, picture: Pa
     set_value(browser, "steps", "100")
     set_value(browser, "strength", "0.99")
     by_id(browser, "try-form").submit()
-    wait_for(lambda: "PROCESSING: step" in text_of(browser, "run-state"), "denoising")
+    wait_until(lambda: "PROCESSING: step" in text_of(browser, "run-state"), "denoising")
     request_id = by_id(browser, "run").find_element("tag name", "h3").text.split()[-1]
     by_id(browser, "cancel").click()
-    wait_for(lambda: text_of(browser, "run-state").startswith("CANCELLED"), "cancelled", 300)
+    wait_until(lambda: text_of(browser, "run-state").startswith("CANCELLED"), "cancelled", 300)
     with live_stack.client(key) as client:
         final = wait_terminal(client, f"/v2/requests/{request_id}/status")
     assert final["status"] == "CANCELLED"
@@ -162,19 +163,19 @@ def test_requests_are_paged_and_one_opens_with_its_parameters(
         insert_job(account_id, JobStatus.QUEUED, cost=20, queue=HELD_POOL)
     sign_in(browser, live_stack, key)
     listing = go(browser, "requests", "request-list")
-    wait_for(lambda: len(listing.find_elements("css selector", "tbody tr")) == 10, "page 1")
+    wait_until(lambda: len(listing.find_elements("css selector", "tbody tr")) == 10, "page 1")
     older = listing.find_element("xpath", ".//button[text()='Older']")
     older.click()
-    wait_for(lambda: "page 2" in listing.text, "page 2")
+    wait_until(lambda: "page 2" in listing.text, "page 2")
     rows = listing.find_elements("css selector", "tbody tr")
     assert len(rows) == 2 and done["request_id"] in listing.text  # the oldest: the real job
     screenshot(browser, "console-requests", tmp_path)
     listing.find_element("xpath", f"//button[text()='{done['request_id']}']").click()
     detail = by_id(browser, "request-detail")
-    wait_for(lambda: "a green kite" in text_of(browser, "request-detail"), "its parameters", 30)
+    wait_until(lambda: "a green kite" in text_of(browser, "request-detail"), "its parameters", 30)
     assert "COMPLETED" in detail.text and "seed" in detail.text
-    image = wait_for(lambda: detail.find_elements("css selector", "img.output"), "output")[0]
-    wait_for(lambda: browser.execute_script("return arguments[0].naturalWidth", image), "decode")
+    image = wait_until(lambda: detail.find_elements("css selector", "img.output"), "output")[0]
+    wait_until(lambda: browser.execute_script("return arguments[0].naturalWidth", image), "decode")
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 96
 
 
@@ -200,27 +201,27 @@ def test_a_webhook_endpoint_made_in_the_console_shows_its_deliveries(
         set_value(browser, "endpoint-url", receiver.url("/console-hook"))
         by_id(browser, "endpoint-form").submit()
         endpoints = by_id(browser, "endpoint-list")
-        wait_for(lambda: "/console-hook" in endpoints.text, "the endpoint listed")
+        wait_until(lambda: "/console-hook" in endpoints.text, "the endpoint listed")
         with live_stack.client(key) as client:
             job = client.post("/v2/ssd-img2img", json=job_body()).json()
             wait_terminal(client, job["status_url"])
         receiver.wait_for("/console-hook", 2)
-        wait_for(lambda: _deliveries_shown(browser), "deliveries in the log", timeout=60)
+        wait_until(lambda: _deliveries_shown(browser), "deliveries in the log", timeout=60)
         log = by_id(browser, "delivery-log").text
         assert "job.completed" in log and re.search(r"200 \(\d+ ms\), succeeded", log)
         by_id(browser, "reveal-secret").click()
-        secret = wait_for(lambda: browser.find_elements("id", "secret-value"), "the secret")[0]
+        secret = wait_until(lambda: browser.find_elements("id", "secret-value"), "the secret")[0]
         assert secret.text.startswith("whsec_")
         screenshot(browser, "console-webhooks", tmp_path)
         endpoints = by_id(browser, "endpoint-list")  # the page was drawn again
         disable = endpoints.find_element("xpath", ".//button[text()='Disable']")
         disable.click()
-        wait_for(lambda: "disabled" in by_id(browser, "endpoint-list").text, "disabled")
+        wait_until(lambda: "disabled" in by_id(browser, "endpoint-list").text, "disabled")
 
 
 def _deliveries_shown(browser: Any) -> bool:
     browser.execute_script("window.dispatchEvent(new HashChangeEvent('hashchange'))")
-    log = wait_for(lambda: browser.find_elements("id", "delivery-log"), "the log")[0]
+    log = wait_until(lambda: browser.find_elements("id", "delivery-log"), "the log")[0]
     return "job.completed" in log.text
 
 

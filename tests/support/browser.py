@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-
-T = TypeVar("T")
 
 CHROMIUM = ("chromium", "chromium-browser")
 DRIVER = "chromedriver"
@@ -73,17 +70,6 @@ def chromium(width: int = 1280, height: int = 1000) -> Iterator[Any]:
         yield session
     finally:
         session.quit()
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = 120) -> T:
-    """The first truthy value of `condition`, polled every 0.1 s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def screenshot(session: Any, name: str, tmp_path: Path) -> Path:
