@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ def picture(tmp_path: Path) -> Path:
     path = tmp_path / "in.png"
     path.write_bytes(base64.b64decode(image_b64(96, 64)))
     return path
+
+
+def choose(element: Any, value: str) -> None:
+    from selenium.webdriver.support.select import Select
+
+    Select(element).select_by_value(value)
 
 
 def by_id(browser: Any, element_id: str) -> Any:
@@ -66,8 +73,9 @@ def text_of(browser: Any, element_id: str) -> str:
     fails the test with its words."""
     shown = error_text(browser)
     assert not shown, shown
-    found = browser.find_elements("id", element_id)
-    return str(found[0].text) if found else ""
+    # Read in one script: the page may redraw the element between a find and a read.
+    read = "const e = document.getElementById(arguments[0]); return e ? e.innerText : ''"
+    return str(browser.execute_script(read, element_id))
 
 
 def error_text(browser: Any) -> str:
@@ -169,7 +177,9 @@ def test_requests_are_paged_and_one_opens_with_its_parameters(
     wait_until(lambda: "page 2" in listing.text, "page 2")
     rows = listing.find_elements("css selector", "tbody tr")
     assert len(rows) == 2 and done["request_id"] in listing.text  # the oldest: the real job
-    screenshot(browser, "console-requests", tmp_path)
+    choose(by_id(browser, "status-filter"), "COMPLETED")
+    wait_until(lambda: "page 1" in listing.text and "QUEUED" not in listing.text, "filtered")
+    assert len(listing.find_elements("css selector", "tbody tr")) == 1
     listing.find_element("xpath", f"//button[text()='{done['request_id']}']").click()
     detail = by_id(browser, "request-detail")
     wait_until(lambda: "a green kite" in text_of(browser, "request-detail"), "its parameters", 30)
@@ -177,6 +187,7 @@ def test_requests_are_paged_and_one_opens_with_its_parameters(
     image = wait_until(lambda: detail.find_elements("css selector", "img.output"), "output")[0]
     wait_until(lambda: browser.execute_script("return arguments[0].naturalWidth", image), "decode")
     assert browser.execute_script("return arguments[0].naturalWidth", image) == 96
+    screenshot(browser, "console-requests", tmp_path)
 
 
 def test_the_account_page_shows_the_balance_and_ledger(
@@ -214,15 +225,60 @@ def test_a_webhook_endpoint_made_in_the_console_shows_its_deliveries(
         assert secret.text.startswith("whsec_")
         screenshot(browser, "console-webhooks", tmp_path)
         endpoints = by_id(browser, "endpoint-list")  # the page was drawn again
-        disable = endpoints.find_element("xpath", ".//button[text()='Disable']")
-        disable.click()
-        wait_until(lambda: "disabled" in by_id(browser, "endpoint-list").text, "disabled")
+        endpoints.find_element("xpath", ".//button[text()='Disable']").click()
+        wait_until(lambda: "disabled" in text_of(browser, "endpoint-list"), "disabled")
+        button(browser, "endpoint-list", "Enable").click()
+        wait_until(
+            lambda: re.search(r"\benabled\b", text_of(browser, "endpoint-list")), "enabled again"
+        )
+
+        # A replay sends the delivery again, with the same webhook-id.
+        first = receiver.at("/console-hook")
+        button(browser, "delivery-log", "Replay").click()
+        again = receiver.wait_for("/console-hook", len(first) + 1)[-1]
+        assert again.headers["webhook-id"] in {r.headers["webhook-id"] for r in first}
+
+        old_secret = text_of(browser, "secret-value")
+        by_id(browser, "main").find_element("xpath", ".//button[text()='Rotate secret']").click()
+        accept_dialog(browser)
+        wait_until(lambda: text_of(browser, "secret-value") not in ("", old_secret), "rotated")
+        assert text_of(browser, "secret-value").startswith("whsec_")
+
+        button(browser, "endpoint-list", "Delete").click()
+        accept_dialog(browser)
+        wait_until(lambda: "No endpoints." in text_of(browser, "endpoint-list"), "deleted")
+
+
+def accept_dialog(browser: Any) -> None:
+    """OK on the page's confirm() question, once it is open."""
+    from selenium.common.exceptions import NoAlertPresentException
+
+    def dialog() -> Any:
+        try:
+            return browser.switch_to.alert
+        except NoAlertPresentException:
+            return None
+
+    wait_until(dialog, "the confirmation question", timeout=30).accept()
+
+
+def button(browser: Any, within: str, label: str) -> Any:
+    found = wait_until(
+        lambda: by_id(browser, within).find_elements("xpath", f".//button[text()='{label}']"),
+        f"a {label} button",
+    )
+    return found[0]
 
 
 def _deliveries_shown(browser: Any) -> bool:
+    """Draws the page again (as a reader's reload would) and looks at the log."""
     browser.execute_script("window.dispatchEvent(new HashChangeEvent('hashchange'))")
-    log = wait_until(lambda: browser.find_elements("id", "delivery-log"), "the log")[0]
-    return "job.completed" in log.text
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        if "job.completed" in text_of(browser, "delivery-log"):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_the_console_fits_a_phone(live_stack: Stack, tmp_path: Path) -> None:
