@@ -334,8 +334,9 @@ async function follow(run, body, preview) {
       }
     }
   } catch (error) {
-    // A proxy that does not stream: poll instead.
-    if (error instanceof ApiError) throw error;
+    // A proxy that does not pass the stream (refuses it, buffers it, cuts it): poll
+    // instead. A key refused or a request not found stays an error.
+    if (error instanceof ApiError && (error.status === 401 || error.status === 404)) throw error;
   }
   while (!final) {
     const status = (await api("GET", `/v2/requests/${id}/status`)).body;
