@@ -8,6 +8,7 @@ sessionStorage, never in a cookie or a URL (docs/api.md "Web console")."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -42,8 +43,14 @@ HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
+@cache
+def _content(name: str) -> bytes:
+    """Read once per process: the files change only with a release."""
+    return (STATIC / name).read_bytes()
+
+
 def _file(name: str) -> Response:
-    return Response((STATIC / name).read_bytes(), media_type=MEDIA_TYPES[name], headers=HEADERS)
+    return Response(_content(name), media_type=MEDIA_TYPES[name], headers=HEADERS)
 
 
 @router.get("/console")

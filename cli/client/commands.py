@@ -16,7 +16,7 @@ import click
 from cli.client import run as run_command
 from cli.client.api import Api, api_of, emit, json_option
 from cli.client.config import ClientConfig, save
-from cli.client.follow import TERMINAL
+from common.models import TERMINAL_STATUSES, JobStatus
 
 
 @click.group("client")
@@ -61,7 +61,7 @@ def account(ctx: click.Context, as_json: bool) -> None:
 @client_group.command("requests")
 @click.option(
     "--status",
-    type=click.Choice(["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "CANCELLED"]),
+    type=click.Choice([status.value for status in JobStatus]),
     help="Only requests in this status.",
 )
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
@@ -136,7 +136,7 @@ def wait(ctx: click.Context, request_id: str, timeout: float, as_json: bool) -> 
     deadline = time.monotonic() + timeout
     while True:
         data = api.call("GET", f"/v2/requests/{request_id}/status", ok=(200, 422))
-        if data["status"] in TERMINAL:
+        if data["status"] in TERMINAL_STATUSES:
             break
         if time.monotonic() > deadline:
             raise click.ClickException(f"{request_id} still {data['status']} after {timeout:g}s")

@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
-TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled"})
+from common.models import TERMINAL_STATUSES
+
+# The stream's last event is named after the job's terminal status, lower-cased.
+TERMINAL_EVENTS = frozenset(status.value.lower() for status in TERMINAL_STATUSES)
 POLL_SECONDS = 0.5
 
 
@@ -89,7 +91,7 @@ def poll(
     """The job's status every `sleep` seconds until it ends, then its final body."""
     while True:
         body = get(f"/v2/requests/{request_id}/status")
-        if body["status"] in TERMINAL:
+        if body["status"] in TERMINAL_STATUSES:
             yield Update(body["status"].lower(), get(f"/v2/requests/{request_id}"))
             return
         yield Update("progress" if body["status"] == "PROCESSING" else "status", body)
